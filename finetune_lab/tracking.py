@@ -1,0 +1,44 @@
+"""Optional Weights & Biases logging that never blocks: off unless asked, offline without WANDB_API_KEY."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def wandb_mode() -> str:
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+@contextlib.contextmanager
+def wandb_run(cfg: TrainConfig, log_dir: str | Path):
+    """A wandb run around training when cfg.wandb is set; TRL's WandbCallback logs each step's loss into it."""
+    if not cfg.wandb:
+        yield None
+        return
+    import wandb
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "finetune-lab"), name=cfg.run_name,
+                     config=cfg.to_dict(), dir=str(log_dir), mode=wandb_mode(), reinit="finish_previous")
+    print(f"[finetune_lab] wandb {wandb_mode()} run in {run.dir}")
+    try:
+        yield run
+    finally:
+        wandb.finish()
+
+
+def log_run_files(run_dir: Path, table=None, table_name: str = "eval") -> None:
+    """Add the loss-curve image (and an evaluation table, a pandas DataFrame) to the active wandb run."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is None:
+        return
+    curve = Path(run_dir) / "loss_curve.png"
+    if curve.exists():
+        wandb.log({"loss_curve": wandb.Image(str(curve))})
+    if table is not None:
+        wandb.log({table_name: wandb.Table(dataframe=table)})

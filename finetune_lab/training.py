@@ -1,0 +1,262 @@
+"""Training with TRL's SFTTrainer, and the whole lab run (data -> model -> train -> save -> summary)."""
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import RunPaths, prepare_run, save_run
+from .config import TrainConfig
+from .data import Dataset, count_too_long, load_jsonl
+from .generation import generate
+from .models import BackendChoice, base_fingerprint, for_inference, for_training, load_for_training
+from .plots import plot_loss
+
+HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE = (
+    "loss_history.json", "loss_curve.png", "samples.json", "summary.json")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C during training: a resumable checkpoint was saved first."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    steps: int
+    seconds: float
+    seconds_to_first_step: float
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+    effective_batch_size: int
+
+    @property
+    def losses(self) -> list[float]:
+        return [h["loss"] for h in self.history if "loss" in h]
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, **overrides):
+    """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
+    from trl import SFTConfig
+    on_gpu = choice.device != "cpu"
+    args = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        weight_decay=0.0,
+        max_length=cfg.max_seq_length,
+        completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
+        padding_free=cfg.padding_free,
+        # Gradient checkpointing is switched on by models.add_adapter (Unsloth has its own variant).
+        gradient_checkpointing=False,
+        bf16=on_gpu and choice.dtype == "bfloat16",
+        fp16=on_gpu and choice.dtype == "float16",
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=["wandb"] if cfg.wandb else "none",
+        run_name=cfg.run_name,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_gpu,
+        dataset_num_proc=None,
+    )
+    args.update(overrides)
+    return SFTConfig(**args)
+
+
+def _trainer_class():
+    # Built on first use: with Unsloth, trl.SFTTrainer is patched at `import unsloth`.
+    from transformers.trainer_utils import rotate_checkpoints
+    from trl import SFTTrainer
+
+    class AtomicSFTTrainer(SFTTrainer):
+        """SFTTrainer whose checkpoint-N folders appear only when completely written."""
+
+        _staging_root = None
+
+        def _get_output_dir(self, trial):
+            return self._staging_root or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):
+            if self.args.world_size > 1:  # every rank writes its own RNG state: no shared staging folder
+                return super()._save_checkpoint(model, trial)
+            final_root = Path(super()._get_output_dir(trial))
+            final_root.mkdir(parents=True, exist_ok=True)
+            staging = final_root / f".partial-{self.state.global_step}"
+            shutil.rmtree(staging, ignore_errors=True)
+            self._staging_root = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_root = None
+            for written in staging.iterdir():
+                target = final_root / written.name
+                if target.exists():
+                    shutil.rmtree(target)
+                written.rename(target)
+            staging.rmdir()
+            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+
+    return AtomicSFTTrainer
+
+
+class _FirstStepTimer:
+    def __init__(self):
+        from transformers import TrainerCallback
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if outer.at is None:
+                    outer.at = time.perf_counter()
+
+        self.at = None
+        self.callback = Callback()
+
+
+def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path,
+          sft_config=None, callbacks=(), resume_from: str | Path | None = None) -> TrainResult:
+    """Fine-tune in place; on Ctrl-C save a resumable checkpoint in output_dir and raise TrainingInterrupted."""
+    from datasets import Dataset as HFDataset
+    sft_config = sft_config or make_sft_config(cfg, choice, output_dir)
+    timer = _FirstStepTimer()
+    for_training(model, choice)
+    trainer = _trainer_class()(model=model, args=sft_config, train_dataset=HFDataset.from_list(dataset.trl_rows()),
+                               processing_class=tokenizer, callbacks=[timer.callback, *callbacks])
+    start = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        trainer._save_checkpoint(trainer.model, None)
+        where = Path(sft_config.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
+                                  f"{where}. Run the same command with --resume to continue.") from None
+    seconds = time.perf_counter() - start
+    import torch
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
+               for row in trainer.state.log_history if "loss" in row]
+    trainable, total = count_parameters(model)
+    world = max(trainer.args.world_size, 1)
+    return TrainResult(history=history, steps=trainer.state.global_step, seconds=seconds,
+                       seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
+                       peak_memory_mb=peak, trainable_params=trainable, total_params=total,
+                       effective_batch_size=cfg.batch_size * cfg.grad_accum * world)
+
+
+# ---------------------------------------------------------------- the whole lab run
+
+@dataclass
+class LabRun:
+    config: TrainConfig
+    choice: BackendChoice
+    result: TrainResult
+    run_dir: Path
+    prompts: list[str]
+    references: list[str]
+    before: list[str]
+    after: list[str]
+    warnings: list[str] = field(default_factory=list)
+    model: object = None
+    tokenizer: object = None
+
+    def summary(self) -> dict:
+        losses = self.result.losses
+        return {
+            "run": self.config.run_name, "backend": self.choice.backend, "device": self.choice.device,
+            "dtype": self.choice.dtype, "method": self.choice.method, "rank": self.config.rank,
+            "steps": self.result.steps, "train_seconds": round(self.result.seconds, 1),
+            "seconds_to_first_step": round(self.result.seconds_to_first_step, 1),
+            "first_loss": round(losses[0], 4) if losses else None,
+            "last_loss": round(losses[-1], 4) if losses else None,
+            "peak_memory_mb": round(self.result.peak_memory_mb),
+            "trainable_params": self.result.trainable_params, "total_params": self.result.total_params,
+            "effective_batch_size": self.result.effective_batch_size,
+            "checkpoint": str(self.run_dir), "loss_curve": str(self.run_dir / CURVE_FILE),
+        }
+
+    def print_summary(self) -> None:
+        s = self.summary()
+        print("\n=== Lab summary ===")
+        for key in ("backend", "device", "dtype", "method", "rank", "steps", "train_seconds",
+                    "seconds_to_first_step", "first_loss", "last_loss", "peak_memory_mb", "trainable_params",
+                    "effective_batch_size", "checkpoint", "loss_curve"):
+            print(f"{key:>22}: {s[key]}")
+        for warning in self.warnings:
+            print(f"   warning: {warning}")
+        for i, (prompt, ref, b, a) in enumerate(zip(self.prompts, self.references, self.before, self.after), 1):
+            print(f"\n--- test prompt {i}: {prompt}\n[reference]\n{ref}\n[before]\n{b}\n[after]\n{a}")
+
+
+def pick_test_prompts(train: Dataset, heldout: Dataset | None, n_train: int = 3, n_heldout: int = 1):
+    """A few trained prompts (did it learn?) and held-out ones (did it generalise?)."""
+    picked = train.examples[:n_train] + (heldout.examples[:n_heldout] if heldout else [])
+    return [ex.prompt for ex in picked], [ex.completion for ex in picked]
+
+
+def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, heldout_path: str | None = None,
+            lora_config=None, sft_config=None, callbacks=(), max_new_tokens: int = 96) -> LabRun:
+    """Validate everything, train, save the run folder and return what the summary shows."""
+    from . import tracking
+    dataset = load_jsonl(cfg.data, cfg.system_prompt)           # every line checked before a model loads
+    heldout = load_jsonl(heldout_path, cfg.system_prompt) if heldout_path else None
+    paths = prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
+    if cfg.limit_examples:
+        dataset.examples = dataset.examples[:cfg.limit_examples]
+    model, tokenizer, choice = load_for_training(cfg, lora_config)
+    warnings = list(dataset.warnings)
+    too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
+    if too_long:
+        warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are "
+                        "truncated (their end is cut); raise --max_seq_length to keep them whole")
+    for warning in warnings:
+        print(f"[finetune_lab] warning: {warning}")
+    prompts, references = pick_test_prompts(dataset, heldout)
+    for_inference(model, choice)
+    before = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    resume_from = paths.latest_resume_checkpoint() if resume else None
+    if not resume and paths.resume.exists():
+        shutil.rmtree(paths.resume)  # --overwrite: the stale interrupted state of this run name
+    with tracking.wandb_run(cfg, paths.run.parent):
+        result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
+        for_inference(model, choice)
+        after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+        lab = LabRun(cfg, choice, result, paths.run, [p[-1]["content"] for p in prompts], references,
+                     before, after, warnings, model, tokenizer)
+        run_config = {**cfg.to_dict(), "backend_choice": vars(choice),
+                      "base_fingerprint": base_fingerprint(model), "dataset_schema": dataset.schema,
+                      "examples": len(dataset)}
+
+        def write_extras(folder: Path):
+            (folder / HISTORY_FILE).write_text(json.dumps(result.history, indent=1))
+            plot_loss(result.history, folder / CURVE_FILE, title=f"{cfg.run_name}: training loss")
+            (folder / SAMPLES_FILE).write_text(json.dumps(
+                [{"prompt": p, "reference": r, "before": b, "after": a}
+                 for p, r, b, a in zip(lab.prompts, references, before, after)], indent=1))
+            (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
+
+        save_run(paths, model, tokenizer, run_config, write_extras)
+        tracking.log_run_files(paths.run)
+    return lab
