@@ -89,11 +89,13 @@ def save_run(paths: RunPaths, model, tokenizer, run_config: dict, write_extras=N
     paths.run.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(paths.run.parent)
     staging = _staging(paths.run)
-    if hasattr(model, "peft_config"):
-        for adapter in model.peft_config.values():
-            # Resolved again by load_checkpoint: a preset name, hub id or folder, not this machine's cache path.
-            adapter.base_model_name_or_path = run_config["model"]
     model.save_pretrained(staging)
+    adapter_config = staging / "adapter_config.json"
+    if adapter_config.exists():
+        # Resolved again by load_checkpoint: a preset name, hub id or folder, not this machine's cache path.
+        values = json.loads(adapter_config.read_text())
+        values["base_model_name_or_path"] = run_config["model"]
+        adapter_config.write_text(json.dumps(values, indent=2))
     tokenizer.save_pretrained(staging)
     (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
     if write_extras is not None:

@@ -83,7 +83,7 @@ class TrainConfig:
 
 def quick_config(**overrides) -> TrainConfig:
     """A run of a few steps on a few examples: the CLI's --test_mode and the CI notebook runs."""
-    values = dict(limit_examples=16, max_steps=12, batch_size=4, save_steps=6, max_seq_length=128,
+    values = dict(limit_examples=16, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128,
                   run_name="quick")
     values.update(overrides)
     return TrainConfig(**values)

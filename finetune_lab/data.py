@@ -69,20 +69,21 @@ def alpaca_user_text(instruction: str, input_text: str = "") -> str:
     return f"{instruction}\n\n{input_text}" if input_text else instruction
 
 
-def _schema_of(row: dict) -> str | None:
+def _schema_of(row: dict) -> str | list[str] | None:
+    """The schema a row is written in, judged by its telltale fields; a list when it mixes several."""
     keys = set(row)
-    found = [name for name, required in (("alpaca", {"instruction", "output"}), ("chat", {"messages"}),
-                                          ("prompt_completion", {"prompt", "completion"})) if required <= keys]
-    if len(found) == 1:
-        return found[0]
-    return None
+    found = [name for name, telltale in (("alpaca", {"instruction", "output"}), ("chat", {"messages"}),
+                                         ("prompt_completion", {"prompt", "completion"})) if telltale & keys]
+    if not found:
+        return None
+    return found[0] if len(found) == 1 else found
 
 
 def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
     if key not in row:
         if optional:
             return ""
-        raise DatasetError(path, f'field "{key}" is missing', f'add a "{key}" string to this line', line)
+        raise DatasetError(path, f'field "{key}" is missing', f'add the "{key}" field (a string) to this line', line)
     value = row[key]
     if value is None and optional:
         return ""
@@ -178,10 +179,11 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
             raise DatasetError(path, f"the line is a JSON {type(row).__name__}, not an object",
                                "write each example as one {...} object per line", n)
         row_schema = _schema_of(row)
-        if row_schema is None:
+        if row_schema is None or isinstance(row_schema, list):
             names = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
-            raise DatasetError(path, f"the fields {sorted(row)} match none of the three schemas ({names})",
-                               "rename the fields to one of those schemas", n)
+            what = "match none" if row_schema is None else f"mix {' and '.join(row_schema)}, two"
+            raise DatasetError(path, f"the fields {sorted(row)} {what} of the three schemas ({names})",
+                               "rename the fields to exactly one of those schemas", n)
         if schema is None:
             schema, schema_line = row_schema, n
         elif row_schema != schema:

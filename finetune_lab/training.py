@@ -133,15 +133,23 @@ class _FirstStepTimer:
         self.callback = Callback()
 
 
+def build_trainer(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice,
+                  output_dir: str | Path, sft_config=None, callbacks=()):
+    """TRL's SFTTrainer over the dataset's prompt/completion rows (tokenized, labels masked on construction)."""
+    from datasets import Dataset as HFDataset
+    return _trainer_class()(model=model, args=sft_config or make_sft_config(cfg, choice, output_dir),
+                            train_dataset=HFDataset.from_list(dataset.trl_rows()), processing_class=tokenizer,
+                            callbacks=list(callbacks))
+
+
 def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path,
           sft_config=None, callbacks=(), resume_from: str | Path | None = None) -> TrainResult:
     """Fine-tune in place; on Ctrl-C save a resumable checkpoint in output_dir and raise TrainingInterrupted."""
-    from datasets import Dataset as HFDataset
-    sft_config = sft_config or make_sft_config(cfg, choice, output_dir)
     timer = _FirstStepTimer()
     for_training(model, choice)
-    trainer = _trainer_class()(model=model, args=sft_config, train_dataset=HFDataset.from_list(dataset.trl_rows()),
-                               processing_class=tokenizer, callbacks=[timer.callback, *callbacks])
+    trainer = build_trainer(model, tokenizer, dataset, cfg, choice, output_dir, sft_config,
+                            [timer.callback, *callbacks])
+    sft_config = trainer.args
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

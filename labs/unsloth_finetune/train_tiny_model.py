@@ -4,7 +4,7 @@
 Who it is for: students who prefer a terminal to a notebook, instructors and CI.
 How to run (from the repository root, after `make setup` or `pip install -e .`):
     python labs/unsloth_finetune/train_tiny_model.py                       # the default lab: SmolLM2-135M, LoRA r=16, CPU ok
-    python labs/unsloth_finetune/train_tiny_model.py --test_mode           # a 12-step smoke run (~1 min on 2 cores)
+    python labs/unsloth_finetune/train_tiny_model.py --test_mode           # a 16-step smoke run (~1 min on 2 cores)
     python labs/unsloth_finetune/train_tiny_model.py --rank 32 --run_name smollm2-lora-r32
     python labs/unsloth_finetune/train_tiny_model.py --model tinyllama-1.1b-chat --method qlora   # GPU + hub
     python labs/unsloth_finetune/train_tiny_model.py --resume              # continue an interrupted run
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heldout", default="data/course_heldout.jsonl",
                         help="held-out JSONL for one of the test prompts ('' for none)")
     parser.add_argument("--test_mode", action="store_true",
-                        help="tiny run: 16 examples, 12 steps, short sequences (tests and smoke checks)")
+                        help="tiny run: 16 examples, 16 steps, short sequences (tests and smoke checks)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     return parser

@@ -1,0 +1,71 @@
+"""Bad configuration: each a one-line error before any heavy work (no model load, no folder written)."""
+import pytest
+
+from conftest import REPO, run_cli
+from finetune_lab.checkpoints import prepare_run
+from finetune_lab.config import ConfigError, TrainConfig
+from finetune_lab.models import choose_backend, cuda_available, resolve_model
+
+
+@pytest.mark.parametrize("field,value", [("rank", 0), ("alpha", -1), ("epochs", 0), ("batch_size", 0),
+                                         ("learning_rate", 0.0), ("max_seq_length", 0), ("dropout", 1.0)])
+def test_non_positive_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_method_backend_and_bad_run_name():
+    with pytest.raises(ConfigError, match="lora, qlora, full"):
+        TrainConfig(method="dora")
+    with pytest.raises(ConfigError, match="auto, unsloth, transformers"):
+        TrainConfig(backend="jax")
+    with pytest.raises(ConfigError, match="plain folder name"):
+        TrainConfig(run_name="../escape")
+
+
+def test_unknown_preset_and_missing_local_folder(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model preset 'llama-9000'.*smollm2-135m"):
+        resolve_model("llama-9000")
+    with pytest.raises(ConfigError, match="does not exist or has no config.json"):
+        resolve_model(str(tmp_path / "no-such-model"))
+
+
+def test_hub_preset_without_network_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="TinyLlama/TinyLlama-1.1B-Chat-v1.0.*download it on a connected machine"):
+        resolve_model("tinyllama-1.1b-chat")
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a GPU: QLoRA is allowed here")
+def test_qlora_on_cpu_stops_at_once_with_a_clear_message():
+    with pytest.raises(ConfigError, match="QLoRA needs a CUDA GPU.*--method lora"):
+        choose_backend(TrainConfig(method="qlora"))
+    with pytest.raises(ConfigError, match="unsloth backend needs a CUDA GPU"):
+        choose_backend(TrainConfig(backend="unsloth"))
+
+
+def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
+    (tmp_path / "r1").mkdir()
+    with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
+        prepare_run(tmp_path, "r1")
+    assert prepare_run(tmp_path, "r1", overwrite=True).run == tmp_path / "r1"
+    (tmp_path / "r2.resume").mkdir()
+    with pytest.raises(ConfigError, match="interrupted run \\(continue it with --resume\\)"):
+        prepare_run(tmp_path, "r2")
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        prepare_run(tmp_path, "r3", resume=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rank", "0"], "error: rank must be greater than 0"),
+    (["--model", "no-such-preset"], "error: unknown model preset"),
+    (["--data", "data/missing.jsonl"], "error: data/missing.jsonl: the file does not exist"),
+    (["--method", "qlora"], "error: QLoRA needs a CUDA GPU"),
+])
+def test_cli_prints_one_line_errors_and_writes_nothing(tmp_path, args, message):
+    if "qlora" in args and cuda_available():
+        pytest.skip("this machine has a GPU: QLoRA is allowed here")
+    done = run_cli(*args, "--output_dir", str(tmp_path / "out"), cwd=REPO, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

@@ -1,0 +1,96 @@
+"""finetune_lab.data: the three schemas, tolerated quirks, and every bad-input case with its message."""
+import json
+
+import pytest
+
+from conftest import REPO, write_jsonl
+from finetune_lab.data import MAX_LINE_CHARS, DatasetError, load_jsonl
+
+ALPACA = {"instruction": "Water bed 2 of `garden` with 3 liters.", "input": "", "output": "garden.water(bed=2, liters=3)"}
+
+
+def test_course_dataset_is_50_valid_alpaca_examples_and_heldout_is_disjoint():
+    train = load_jsonl(REPO / "data" / "course_train.jsonl")
+    heldout = load_jsonl(REPO / "data" / "course_heldout.jsonl")
+    assert (train.schema, len(train), train.duplicates) == ("alpaca", 50, 0)
+    assert len(heldout) >= 10
+    assert not {e.user_text for e in train.examples} & {e.user_text for e in heldout.examples}
+
+
+def test_alpaca_input_is_appended_to_the_instruction(tmp_path):
+    ds = load_jsonl(write_jsonl(tmp_path / "a.jsonl", [{**ALPACA, "input": "Bed number: 3"}]))
+    assert ds.examples[0].prompt == [{"role": "user", "content": ALPACA["instruction"] + "\n\nBed number: 3"}]
+    assert ds.examples[0].completion == ALPACA["output"]
+
+
+def test_chat_schema_trains_the_last_assistant_turn_with_the_rest_as_context(tmp_path):
+    messages = [{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "Make a garden."},
+                {"role": "assistant", "content": "garden = gardenkit.Garden('A')"},
+                {"role": "user", "content": "Now save it."}, {"role": "assistant", "content": "garden.save('a.json')"}]
+    ex = load_jsonl(write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])).examples[0]
+    assert ex.prompt == messages[:-1] and ex.completion == "garden.save('a.json')"
+
+
+def test_prompt_completion_schema_and_a_system_prompt(tmp_path):
+    ds = load_jsonl(write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?", "completion": "Hello."}]), "Be brief.")
+    assert ds.schema == "prompt_completion"
+    assert ds.examples[0].prompt == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+
+
+def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    line = json.dumps(ALPACA)
+    path.write_bytes(b"\xef\xbb\xbf" + f"{line}\r\n\r\n   \r\n{line}\r\n".encode())
+    ds = load_jsonl(path)
+    assert len(ds) == 2 and ds.examples[1].line == 4
+
+
+def test_duplicates_are_counted_in_a_warning_not_an_error(tmp_path):
+    ds = load_jsonl(write_jsonl(tmp_path / "d.jsonl", [ALPACA, ALPACA, ALPACA]))
+    assert ds.duplicates == 2 and "2 duplicate" in ds.warnings[0]
+
+
+BAD = [
+    # (name, lines (raw), line number in the message or None, words the message must hold)
+    ("empty", [], None, ["the file is empty"]),
+    ("blank_only", ["", "   ", ""], None, ["only blank lines"]),
+    ("cut_off_json", [json.dumps(ALPACA), '{"instruction": "Water bed 2", "out'], 2, ["not valid JSON", "cut-off"]),
+    ("array", ['["instruction", "output"]'], 1, ["JSON list, not an object"]),
+    ("missing_field", [json.dumps(ALPACA), json.dumps({"instruction": "x", "input": ""})], 2,
+     ['field "output" is missing', 'add the "output" field']),
+    ("wrong_type", [json.dumps({**ALPACA, "output": 42})], 1, ['"output" is int, not a string']),
+    ("empty_text", [json.dumps({**ALPACA, "instruction": "  "})], 1, ['"instruction" is empty']),
+    ("unknown_schema", [json.dumps({"question": "q", "answer": "a"})], 1,
+     ["match none of the three schemas", "instruction/input/output", "messages", "prompt/completion"]),
+    ("two_schemas", [json.dumps({**ALPACA, "prompt": "p"})], 1, ["mix alpaca and prompt_completion"]),
+    ("mixed", [json.dumps(ALPACA), json.dumps({"prompt": "p", "completion": "c"})], 2,
+     ["prompt_completion schema but line 1 uses alpaca", "one schema"]),
+    ("unknown_role", [json.dumps({"messages": [{"role": "human", "content": "hi"},
+                                               {"role": "assistant", "content": "yo"}]})], 1,
+     ["role 'human'", "system, user or assistant"]),
+    ("no_assistant", [json.dumps({"messages": [{"role": "user", "content": "hi"}]})], 1, ["no assistant turn"]),
+    ("huge_line", [json.dumps({**ALPACA, "output": "x" * (MAX_LINE_CHARS + 1)})], 1, ["characters long"]),
+]
+
+
+@pytest.mark.parametrize("name,lines,line,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, name, lines, line, words):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        load_jsonl(path)
+    message = str(err.value)
+    assert message.startswith(str(path)) and "Fix:" in message
+    assert err.value.line == line and (line is None or f"line {line}:" in message)
+    for word in words:
+        assert word in message
+
+
+def test_missing_file_and_non_utf8_bytes(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps(ALPACA).encode() + b"\n" + '{"instruction": "Gie\xdfe", "output": "x"}'
+                       .encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"line 2: byte 0xdf is not UTF-8.*save the file as UTF-8"):
+        load_jsonl(latin1)

@@ -1,0 +1,77 @@
+"""finetune_lab.training on the real embedded model: prompt masking, EOS, determinism, Ctrl-C and --resume."""
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from conftest import REPO
+from finetune_lab.config import quick_config
+from finetune_lab.data import load_jsonl
+from finetune_lab.models import CHATML_END, load_for_training
+from finetune_lab.training import TrainingInterrupted, build_trainer, run_lab
+
+pytestmark = pytest.mark.slow
+DATA = str(REPO / "data" / "course_train.jsonl")
+
+
+def short_config(tmp_path, run_name, **changes):
+    # 8 examples, 6 steps: long enough for a loss history, short enough to run three times.
+    values = dict(data=DATA, output_dir=str(tmp_path), run_name=run_name, limit_examples=8, max_steps=6,
+                  batch_size=4, save_steps=100, max_seq_length=128)
+    values.update(changes)
+    return quick_config(**values)
+
+
+def test_prompt_tokens_are_masked_and_the_answer_ends_with_eos(tmp_path, base_model_dir):
+    cfg = short_config(tmp_path, "mask")
+    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    dataset = load_jsonl(DATA)
+    dataset.examples = dataset.examples[:2]
+    trainer = build_trainer(model, tokenizer, dataset, cfg, choice, tmp_path / "mask.resume")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for i, example in enumerate(dataset.examples):
+        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        trained = labels != -100
+        answer = tokenizer.decode(ids[trained])
+        # Only the assistant's answer is learned, and it ends with the end-of-turn token, so the model stops.
+        assert answer.startswith(example.completion) and CHATML_END in answer[len(example.completion):]
+        prompt = tokenizer.decode(ids[: trained.nonzero()[0].item()])
+        assert example.user_text in prompt and prompt.rstrip().endswith("assistant")
+        assert trained.sum() < len(ids) / 2
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, base_model_dir):
+    tmp = tmp_path_factory.mktemp("runs")
+    return run_lab(short_config(tmp, "straight"), max_new_tokens=16)
+
+
+def test_same_seed_data_and_config_give_the_same_loss_history_on_cpu(tmp_path, uninterrupted):
+    again = run_lab(short_config(tmp_path, "again"), max_new_tokens=16)
+    assert again.result.losses == uninterrupted.result.losses
+    assert len(again.result.losses) == 6 and again.result.losses[-1] < again.result.losses[0]
+
+
+class CtrlCAfter(TrainerCallback):
+    """Deliver KeyboardInterrupt as the step after `step` begins, as Ctrl-C in the middle of a run would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_path, uninterrupted):
+    cfg = short_config(tmp_path, "cut")
+    with pytest.raises(TrainingInterrupted, match="step 3.*--resume"):
+        run_lab(cfg, callbacks=[CtrlCAfter(3)], max_new_tokens=16)
+    assert not (tmp_path / "cut").exists()
+    assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
+    resumed = run_lab(cfg, resume=True, max_new_tokens=16)
+    assert resumed.result.steps == 6
+    history = json.loads((tmp_path / "cut" / "loss_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert resumed.result.losses[-1] == pytest.approx(uninterrupted.result.losses[-1], rel=1e-3, abs=1e-4)
+    assert not (tmp_path / "cut.resume").exists()
