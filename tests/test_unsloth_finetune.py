@@ -1,0 +1,56 @@
+"""labs/unsloth_finetune end to end: the CLI trains the embedded model on the course data and it learns."""
+import json
+
+import pytest
+
+from conftest import REPO, run_cli, write_jsonl
+from finetune_lab.checkpoints import load_checkpoint
+from finetune_lab.evaluation import same_program
+from finetune_lab.generation import generate
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_run_folder_holds_everything_the_lab_promises(trained_run):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "run_config.json",
+                 "loss_history.json", "loss_curve.png", "samples.json", "summary.json"):
+        assert (trained_run / name).stat().st_size > 0, name
+    assert not trained_run.with_name(trained_run.name + ".resume").exists()
+    stdout = (trained_run / "cli_stdout.txt").read_text()
+    assert "backend=transformers device=cpu dtype=float32 method=lora" in stdout
+    for line in ("=== Lab summary ===", "train_seconds:", "steps: 16", "[before]", "[after]", "loss_curve:"):
+        assert line in stdout
+
+
+def test_the_model_learned_the_course_data(trained_run):
+    losses = [h["loss"] for h in json.loads((trained_run / "loss_history.json").read_text())]
+    assert len(losses) == 16 and losses[-1] < 0.35 * losses[0]
+    samples = json.loads((trained_run / "samples.json").read_text())
+    trained = samples[:3]                                # the first three are training prompts
+    assert sum(bool(same_program(s["after"], s["reference"])) for s in trained) >= 2
+    assert not any(same_program(s["before"], s["reference"]) for s in trained)
+
+
+def test_reloading_the_run_folder_alone_gives_token_identical_answers(trained_run):
+    samples = json.loads((trained_run / "samples.json").read_text())
+    model, tokenizer, run_config = load_checkpoint(trained_run, device="cpu")
+    assert run_config["model"] == "smollm2-135m"
+    answers = generate(model, tokenizer, [s["prompt"] for s in samples], max_new_tokens=96)
+    assert answers == [s["after"] for s in samples]
+
+
+def test_a_bad_dataset_stops_the_cli_before_any_model_loads_and_writes_nothing(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ['{"instruction": "Water bed 2", "output": "garden.water(2, 3)"}',
+                                               '{"instruction": "cut off'], raw=True)
+    done = run_cli("--data", str(bad), "--output_dir", str(tmp_path / "out"), timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {bad}, line 2: the line is not valid JSON")
+    assert "backend=" not in done.stdout and not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
+    before = (trained_run / "adapter_model.safetensors").read_bytes()
+    done = run_cli("--test_mode", "--output_dir", str(trained_run.parent), "--run_name", trained_run.name,
+                   cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "already holds a finished run; pass --overwrite" in done.stderr
+    assert (trained_run / "adapter_model.safetensors").read_bytes() == before
