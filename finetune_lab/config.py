@@ -10,6 +10,9 @@ BACKENDS = ("auto", "unsloth", "transformers")
 # All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
 # attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Tells the base model what is asked (code for the course library), so that base vs fine-tuned compares
+# code with code and the base model's invented API calls can be counted.
+COURSE_SYSTEM_PROMPT = "You write Python code that uses the gardenkit library. Answer with code only."
 
 
 class ConfigError(ValueError):
@@ -41,7 +44,8 @@ class TrainConfig:
     save_steps: int = 20                 # a resumable checkpoint every N optimizer steps
     padding_free: bool = False           # pack examples without pad tokens (GPU + flash/SDPA varlen only)
     gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (where memory is plentiful)
-    system_prompt: str | None = None     # None keeps the model's own default system prompt
+    # Said before every prompt, in training and evaluation alike; None keeps the model's own default.
+    system_prompt: str | None = COURSE_SYSTEM_PROMPT
     output_dir: str = "checkpoints"
     run_name: str = "smollm2-lora-r16"
     wandb: bool = False

@@ -5,8 +5,8 @@ Definitions (modules/05 explains them):
   correct        the answer is the same program as the reference (equal Python ASTs, so formatting and quote
                  style do not matter); for answers that are not code, equal after normalising whitespace.
   accuracy       the share of answers that are correct.
-  hallucinated   an answer that uses at least one function, class, method or attribute of the course
-                 library that data/gardenkit_api.pyi does not define.
+  hallucinated   an answer that uses at least one function, class, method, attribute or keyword argument
+                 of the course library that data/gardenkit_api.pyi does not define.
   hallucination rate   the share of answers that are hallucinated.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class ApiReference:
     module: str
     functions: dict[str, str | None] = field(default_factory=dict)      # name -> return annotation
     classes: dict[str, dict[str, str | None]] = field(default_factory=dict)  # class -> member -> return type
+    params: dict[str, set[str]] = field(default_factory=dict)   # "name" or "Class.method" -> keyword names
 
     def module_names(self) -> set[str]:
         return set(self.functions) | set(self.classes)
@@ -45,6 +46,11 @@ def _annotation(node) -> str | None:
     return ast.unparse(node) if node is not None else None
 
 
+def _keywords(func: ast.FunctionDef) -> set[str]:
+    names = [a.arg for a in func.args.posonlyargs + func.args.args + func.args.kwonlyargs]
+    return {n for n in names if n != "self"}
+
+
 def load_api(path: str | Path = DEFAULT_API) -> ApiReference:
     """Parse a .pyi stub: module functions, classes, their methods and attributes, with return types."""
     path = Path(path)
@@ -52,11 +58,16 @@ def load_api(path: str | Path = DEFAULT_API) -> ApiReference:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.FunctionDef):
             api.functions[node.name] = _annotation(node.returns)
+            api.params[node.name] = _keywords(node)
         elif isinstance(node, ast.ClassDef):
             members: dict[str, str | None] = {}
+            api.params[node.name] = set()
             for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name != "__init__":
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    api.params[node.name] = _keywords(item)
+                elif isinstance(item, ast.FunctionDef):
                     members[item.name] = _annotation(item.returns)
+                    api.params[f"{node.name}.{item.name}"] = _keywords(item)
                 elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                     members[item.target.id] = _annotation(item.annotation)
             api.classes[node.name] = members
@@ -161,6 +172,27 @@ class _ApiChecker(ast.NodeVisitor):
 
     def visit_DictComp(self, node):
         self._visit_comprehension_expr(node, [node.key, node.value])
+
+    def _callee(self, func) -> str | None:
+        """'load_garden', 'Garden' or 'Garden.water': the API callable a call expression names, if known."""
+        if isinstance(func, ast.Name) and func.id in self.aliases:
+            return self.aliases[func.id]
+        if isinstance(func, ast.Attribute):
+            if isinstance(func.value, ast.Name) and func.value.id in self.modules:
+                return func.attr
+            owner = self.type_of(func.value)
+            if owner in self.api.classes:
+                return f"{owner}.{func.attr}"
+        return None
+
+    def visit_Call(self, node):
+        callee = self._callee(node.func)
+        known = self.api.params.get(callee) if callee else None
+        if known is not None:
+            for keyword in node.keywords:
+                if keyword.arg is not None and keyword.arg not in known:
+                    self._flag(f"{callee}({keyword.arg}=)")
+        self.generic_visit(node)
 
     def visit_Attribute(self, node):
         if isinstance(node.value, ast.Name) and node.value.id in self.modules:

@@ -1,0 +1,87 @@
+"""finetune_lab.evaluation on hand-made cases, then on a real trained run."""
+import json
+
+import pytest
+
+from conftest import REPO, LAB
+from finetune_lab.evaluation import (aggregate, extract_code, hallucinated_calls, load_api, rouge_l, same_program,
+                                     score, score_answers, token_f1)
+
+API = load_api()
+
+
+def test_the_api_stub_is_parsed():
+    assert API.module == "gardenkit"
+    assert {"Garden", "Plant", "Task", "Sensor", "load_garden", "schedule"} <= API.module_names()
+    assert API.returns("Garden", "plant") == "Plant" and API.returns(None, "schedule") == "list[Task]"
+
+
+@pytest.mark.parametrize("code,flagged", [
+    ('import gardenkit\ngarden = gardenkit.Garden("A")\ngarden.plant("bean", bed=1)', []),
+    ('import gardenkit\ngarden = gardenkit.create_garden("A")', ["gardenkit.create_garden"]),
+    ('garden.add_plant("bean")', ["Garden.add_plant"]),                       # `garden` is a Garden by convention
+    ('import gardenkit as gk\ng = gk.load_garden("a.json")\ng.water_all()', ["Garden.water_all"]),
+    ('from gardenkit import Garden, grow\ng = Garden("A")\nfor p in g.plants():\n    p.prune()',
+     ["gardenkit.grow", "Plant.prune"]),
+    ('import gardenkit\nfor t in gardenkit.schedule(garden):\n    t.done()\n    t.skip()', ["Task.skip"]),
+    ('names = [p.species for p in garden.plants()]\nprint(len(names))', []),
+    ('total = sum(p.weight for p in garden.plants(bed=1))', ["Plant.weight"]),
+    ('import gardenkit\ngardenkit.Garden("A").water(bed=1, liters=2', []),        # unparsable, but real
+    ('gardenkit.magic(', ["gardenkit.magic"]),                                # unparsable, invented
+    ('x = [1, 2]\nx.append(3)', []),                                           # not the library: not judged
+    ('import gardenkit\ng = gardenkit.Garden(name="A", soil="clay")\ng.water(bed=1, amount=2)',
+     ["Garden(soil=)", "Garden.water(amount=)"]),                            # invented keyword arguments
+])
+def test_hallucinated_calls(code, flagged):
+    assert hallucinated_calls(code, API) == flagged
+
+
+def test_code_is_taken_from_a_markdown_fence():
+    assert extract_code("Sure!\n```python\ngarden.save('a.json')\n```\nDone.") == "garden.save('a.json')"
+    assert extract_code("garden.save('a.json')") == "garden.save('a.json')"
+
+
+def test_text_metrics_on_known_cases():
+    assert rouge_l("garden.water(bed=1, liters=2)", "garden.water(bed=1, liters=2)") == 1.0
+    assert rouge_l("completely different words", "garden.water(bed=1)") == 0.0
+    assert token_f1("a b c", "a b c") == 1.0 and token_f1("a b", "c d") == 0.0
+    assert token_f1("a b c d", "a b") == pytest.approx(2 / 3)
+    assert same_program("garden.plant('bean', bed=1)", 'garden.plant("bean",  bed=1)')
+    assert not same_program("garden.plant('bean', bed=2)", "garden.plant('bean', bed=1)")
+
+
+def test_accuracy_and_hallucination_rate_per_answer_and_in_aggregate():
+    reference = 'garden.water(bed=2, liters=3)'
+    right = score("```python\ngarden.water(bed=2,liters=3)\n```", reference, API)
+    invented = score("garden.irrigate(bed=2)", reference, API)
+    wrong_but_real = score("garden.water(bed=3, liters=3)", reference, API)
+    assert (right["accuracy"], right["hallucination_rate"], right["parses"]) == (1.0, 0.0, 1.0)
+    assert (invented["accuracy"], invented["hallucination_rate"], invented["hallucinated"]) == (
+        0.0, 1.0, "Garden.irrigate")
+    assert (wrong_but_real["accuracy"], wrong_but_real["hallucination_rate"]) == (0.0, 0.0)
+    table = score_answers(["p1", "p2", "p3"], [reference] * 3,
+                          ["garden.water(bed=2, liters=3)", "garden.irrigate(bed=2)", "garden.water(bed=3, liters=3)"],
+                          API)
+    agg = aggregate(table)
+    assert agg["accuracy"] == pytest.approx(1 / 3) and agg["hallucination_rate"] == pytest.approx(1 / 3)
+
+
+def test_prose_references_are_scored_without_code_checks():
+    row = score("Paris is the capital.", "Paris is the capital.", API)
+    assert row["accuracy"] == 1.0 and row["exact_match"] == 1.0 and row["hallucinated"] == ""
+
+
+@pytest.mark.slow
+def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_base(trained_run):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(LAB / "evaluate_model.py"), str(trained_run), "--limit", "4",
+                           "--data", f"trained={REPO / 'data' / 'course_train.jsonl'}"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    eval_dir = trained_run / "eval"
+    summary = {row["model"]: row for row in json.loads((eval_dir / "summary.json").read_text())}
+    assert summary["fine-tuned"]["accuracy"] >= 0.5 > summary["base"]["accuracy"]
+    assert summary["fine-tuned"]["hallucination_rate"] <= summary["base"]["hallucination_rate"]
+    assert (eval_dir / "scores.png").stat().st_size > 0 and (eval_dir / "per_example.csv").exists()
+    assert "fine-tuned" in done.stdout and "accuracy" in done.stdout
