@@ -218,6 +218,26 @@ class LabRun:
             print(f"\n--- test prompt {i}: {prompt}\n[reference]\n{ref}\n[before]\n{b}\n[after]\n{a}")
 
 
+def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
+    """Write the run folder (adapter, tokenizer, config, loss history and curve, samples, summary) atomically."""
+    from . import tracking
+    run_config = {**lab.config.to_dict(), "backend_choice": vars(lab.choice),
+                  "base_fingerprint": base_fingerprint(lab.model), "dataset_schema": dataset.schema,
+                  "examples": len(dataset)}
+
+    def write_extras(folder: Path):
+        (folder / HISTORY_FILE).write_text(json.dumps(lab.result.history, indent=1))
+        plot_loss(lab.result.history, folder / CURVE_FILE, title=f"{lab.config.run_name}: training loss")
+        (folder / SAMPLES_FILE).write_text(json.dumps(
+            [{"prompt": p, "reference": r, "before": b, "after": a}
+             for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)], indent=1))
+        (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
+
+    save_run(paths, lab.model, lab.tokenizer, run_config, write_extras)
+    tracking.log_run_files(paths.run)
+    return paths.run
+
+
 def pick_test_prompts(train: Dataset, heldout: Dataset | None, n_train: int = 3, n_heldout: int = 1):
     """A few trained prompts (did it learn?) and held-out ones (did it generalise?)."""
     picked = train.examples[:n_train] + (heldout.examples[:n_heldout] if heldout else [])
@@ -253,18 +273,5 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         lab = LabRun(cfg, choice, result, paths.run, [p[-1]["content"] for p in prompts], references,
                      before, after, warnings, model, tokenizer)
-        run_config = {**cfg.to_dict(), "backend_choice": vars(choice),
-                      "base_fingerprint": base_fingerprint(model), "dataset_schema": dataset.schema,
-                      "examples": len(dataset)}
-
-        def write_extras(folder: Path):
-            (folder / HISTORY_FILE).write_text(json.dumps(result.history, indent=1))
-            plot_loss(result.history, folder / CURVE_FILE, title=f"{cfg.run_name}: training loss")
-            (folder / SAMPLES_FILE).write_text(json.dumps(
-                [{"prompt": p, "reference": r, "before": b, "after": a}
-                 for p, r, b, a in zip(lab.prompts, references, before, after)], indent=1))
-            (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
-
-        save_run(paths, model, tokenizer, run_config, write_extras)
-        tracking.log_run_files(paths.run)
+        save_lab_run(lab, paths, dataset)
     return lab

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Apply the repository's notebook outputs policy (tests/test_notebooks.py enforces it).
+
+Policy: outputs are committed only for cells marked `# NBVAL_CHECK_OUTPUT` (deterministic output that nbval
+compares in CI); every other cell is committed without outputs and no cell keeps an execution count, so
+diffs stay small and no timing, machine path or progress bar lands in git.
+
+Who it is for: anyone who edits a notebook. How to run, from the repository root:
+    python scripts/clean_notebooks.py             # strip in place
+    python scripts/clean_notebooks.py --execute   # run each notebook first (FINETUNE_LAB_QUICK=1), then strip
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "# NBVAL_CHECK_OUTPUT"
+
+
+def notebooks() -> list[Path]:
+    return sorted((REPO / "labs").rglob("*.ipynb"))
+
+
+def is_checked(cell) -> bool:
+    return cell.cell_type == "code" and cell.source.lstrip().startswith(MARKER)
+
+
+def clean(nb) -> None:
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.execution_count = None
+        cell.metadata = {}
+        if is_checked(cell):
+            for output in cell.outputs:
+                if "execution_count" in output:
+                    output["execution_count"] = None
+        else:
+            cell.outputs = []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--execute", action="store_true", help="run the notebooks (quick mode) before cleaning")
+    args = parser.parse_args()
+    for path in notebooks():
+        nb = nbformat.read(path, as_version=4)
+        if args.execute:
+            from nbclient import NotebookClient
+            os.environ["FINETUNE_LAB_QUICK"] = "1"
+            NotebookClient(nb, timeout=1200, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        clean(nb)
+        nbformat.write(nb, path)
+        print("cleaned", path.relative_to(REPO))
+
+
+if __name__ == "__main__":
+    main()
