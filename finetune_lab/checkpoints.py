@@ -131,14 +131,23 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype).to(device)
         return model.eval(), tokenizer, run_config
     from peft import PeftModel
-    base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base or run_config["model"]), dtype=dtype)
+    kwargs = {"dtype": dtype}
+    if run_config.get("method") == "qlora" and device != "cpu":
+        # The adapter learned on 4-bit NF4 base weights; reloading on the same base keeps its answers.
+        from transformers import BitsAndBytesConfig
+        kwargs.update(device_map={"": device}, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype))
+    base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base or run_config["model"]), **kwargs)
     expected, found = run_config.get("base_fingerprint"), base_fingerprint(base_model)
     if expected and expected != found:
         diff = {k: (expected[k], found.get(k)) for k in expected if expected[k] != found.get(k)}
         raise CheckpointError(f"{run_dir} was trained on {run_config['model']} but the base given has another "
                               f"architecture ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}); "
                               f"load it with base={run_config['model']!r}")
-    model = PeftModel.from_pretrained(base_model, run_dir).to(device)
+    model = PeftModel.from_pretrained(base_model, run_dir)
+    if "quantization_config" not in kwargs:
+        model = model.to(device)
     return model.eval(), tokenizer, run_config
 
 

@@ -42,7 +42,9 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = -1                  # > 0 overrides epochs (quick runs)
     save_steps: int = 20                 # a resumable checkpoint every N optimizer steps
-    padding_free: bool = False           # pack examples without pad tokens (GPU + flash/SDPA varlen only)
+    # Batches without pad tokens (examples laid end to end, attention kept per example): same loss, less
+    # wasted compute. None = on with the unsloth backend (its varlen attention), off elsewhere.
+    padding_free: bool | None = None
     gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (where memory is plentiful)
     # Said before every prompt, in training and evaluation alike; None keeps the model's own default.
     system_prompt: str | None = COURSE_SYSTEM_PROMPT

@@ -70,6 +70,9 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     backend = cfg.backend
     if backend == "auto":
         backend = "unsloth" if cuda and unsloth_installed() else "transformers"
+    if cfg.padding_free and backend != "unsloth":
+        raise ConfigError("padding-free batches need the unsloth backend (its attention keeps examples apart); "
+                          "drop --padding_free here")
     if not cuda:
         return BackendChoice(backend, "cpu", "float32", cfg.method)
     import torch

@@ -48,6 +48,7 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
     """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
     from trl import SFTConfig
     on_gpu = choice.device != "cpu"
+    padding_free = choice.backend == "unsloth" if cfg.padding_free is None else cfg.padding_free
     args = dict(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -58,9 +59,10 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         lr_scheduler_type="linear",
         warmup_steps=2,
         weight_decay=0.0,
-        max_length=cfg.max_seq_length,
+        # Padding-free batches are not truncated by TRL (max_length must be None there); the lab warns instead.
+        max_length=None if padding_free else cfg.max_seq_length,
         completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
-        padding_free=cfg.padding_free,
+        padding_free=padding_free,
         # Gradient checkpointing is switched on by models.add_adapter (Unsloth has its own variant).
         gradient_checkpointing=False,
         bf16=on_gpu and choice.dtype == "bfloat16",
@@ -133,13 +135,14 @@ class _FirstStepTimer:
         self.callback = Callback()
 
 
-def build_trainer(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice,
+def build_trainer(model, tokenizer, dataset, cfg: TrainConfig, choice: BackendChoice,
                   output_dir: str | Path, sft_config=None, callbacks=()):
-    """TRL's SFTTrainer over the dataset's prompt/completion rows (tokenized, labels masked on construction)."""
+    """TRL's SFTTrainer over a lab Dataset (prompt/completion rows, tokenized and masked on construction) or an
+    already tokenized Hugging Face dataset (input_ids), as the benchmark uses."""
     from datasets import Dataset as HFDataset
+    rows = HFDataset.from_list(dataset.trl_rows()) if isinstance(dataset, Dataset) else dataset
     return _trainer_class()(model=model, args=sft_config or make_sft_config(cfg, choice, output_dir),
-                            train_dataset=HFDataset.from_list(dataset.trl_rows()), processing_class=tokenizer,
-                            callbacks=list(callbacks))
+                            train_dataset=rows, processing_class=tokenizer, callbacks=list(callbacks))
 
 
 def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path,
@@ -257,8 +260,10 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
     warnings = list(dataset.warnings)
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
     if too_long:
-        warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are "
-                        "truncated (their end is cut); raise --max_seq_length to keep them whole")
+        fate = ("kept whole (padding-free batches are not truncated)" if choice.backend == "unsloth"
+                and cfg.padding_free is not False else "truncated (their end is cut)")
+        warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
+                        "raise --max_seq_length to cover them")
     for warning in warnings:
         print(f"[finetune_lab] warning: {warning}")
     prompts, references = pick_test_prompts(dataset, heldout)

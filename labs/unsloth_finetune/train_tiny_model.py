@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         name = f"--{f.name}"
         if f.name == "target_modules":
             parser.add_argument(name, nargs="+", default=list(default), help="linear layers that get LoRA")
-        elif isinstance(default, bool) or f.name == "gradient_checkpointing":
+        elif isinstance(default, bool) or f.name in ("gradient_checkpointing", "padding_free"):
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=HELP.get(f.name))
         else:
             kind = float if isinstance(default, float) else int if isinstance(default, int) else str

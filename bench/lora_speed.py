@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Side-by-side LoRA/QLoRA training throughput on one CUDA GPU: this lab's training path vs raw Unsloth vs raw
+transformers + PEFT, and the lab's padding-free batches vs padded ones on the real course dataset.
+
+Who it is for: anyone checking the lab's GPU path is as fast as Unsloth itself. Needs a CUDA GPU with unsloth,
+trl, peft and bitsandbytes (requirements-gpu.txt). Run everything with bench/run_gpu_bench.sh, or by hand:
+    python bench/lora_speed.py make-tinyllama DIR          # TinyLlama-1.1B shape, random weights (speed does not
+                                                            # depend on the weights' values)
+    python bench/lora_speed.py make-smollm2 DIR LIKE       # SmolLM2-135M shape + tokenizer of folder LIKE, random
+    python bench/lora_speed.py run CASE DIR >> results.jsonl   # one process per case, so patches never leak
+    python bench/lora_speed.py table results.jsonl OUT.md  # ratios against the baselines
+Cases on DIR (BS x SEQ random tokens, r=16 alpha=16 on all 7 projections, gradient checkpointing, fused AdamW,
+median of STEPS steps after WARM warm-up steps):
+    hf-lora hf-qlora          raw transformers + PEFT (+ bitsandbytes nf4), SDPA, a plain training loop
+    us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
+    lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
+Cases on the course dataset (data/course_train.jsonl, batch 8, DIR = a SmolLM2-shaped model folder):
+    course-padded course-padfree   the lab's trainer with padded batches vs padding-free batches
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+START = time.perf_counter()
+BS, SEQ = int(os.environ.get("BS", 8)), int(os.environ.get("SEQ", 1024))
+WARM, STEPS = int(os.environ.get("WARM", 3)), int(os.environ.get("STEPS", 20))
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def raw_model(case, model_dir):
+    import torch
+    four_bit = case.endswith("qlora")
+    if case.startswith("us-"):
+        from unsloth import FastLanguageModel
+        model, _ = FastLanguageModel.from_pretrained(model_dir, max_seq_length=SEQ, dtype=torch.bfloat16,
+                                                     load_in_4bit=four_bit)
+        return FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, lora_dropout=0, bias="none",
+                                                target_modules=TARGETS, use_gradient_checkpointing="unsloth",
+                                                random_state=0)
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    kw = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
+    if four_bit:
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_use_double_quant=True,
+                                                       bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    if four_bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none",
+                                            target_modules=TARGETS, task_type="CAUSAL_LM"))
+
+
+def run_raw(case, model_dir):
+    import torch
+    t0 = time.perf_counter()
+    model = raw_model(case, model_dir)
+    model.train()
+    load_s = time.perf_counter() - t0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, fused=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = [torch.randint(3, 32000, (BS, SEQ), device="cuda", generator=g) for _ in range(4)]
+    torch.cuda.reset_peak_memory_stats()
+    times, first_step_at = [], None
+    for step in range(WARM + STEPS):
+        ids = batches[step % len(batches)]
+        torch.cuda.synchronize()
+        s = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        first_step_at = first_step_at or time.perf_counter()
+        if step >= WARM:
+            times.append(time.perf_counter() - s)
+    return dict(load_s=load_s, step_times=times, tokens=[BS * SEQ] * len(times), first_step_at=first_step_at,
+                trainable=sum(p.numel() for p in params))
+
+
+class StepClock:
+    """Times each optimizer step on the GPU and counts the real (non-pad) tokens of each batch."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+        clock = self
+        self.times, self.tokens, self.first_step_at, self._start = [], [], None, None
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                import torch
+                torch.cuda.reset_peak_memory_stats()
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                import torch
+                torch.cuda.synchronize()
+                clock._start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                import torch
+                torch.cuda.synchronize()
+                clock.first_step_at = clock.first_step_at or time.perf_counter()
+                clock.times.append(time.perf_counter() - clock._start)
+
+        self.callback = Callback()
+
+    def wrap(self, collator):
+        def counted(features):
+            batch = collator(features)
+            mask = batch.get("attention_mask")
+            self.tokens.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+            return batch
+        return counted
+
+
+def run_lab(case, model_dir):
+    from finetune_lab.config import TrainConfig
+    from finetune_lab.data import load_jsonl
+    from finetune_lab.models import load_for_training
+    from finetune_lab.training import build_trainer, make_sft_config
+    course = case.startswith("course-")
+    method = "qlora" if case.endswith("qlora") else "lora"
+    cfg = TrainConfig(model=model_dir, method=method, backend="unsloth", rank=16, alpha=16 if not course else 32,
+                      max_seq_length=256 if course else SEQ, gradient_checkpointing=True, learning_rate=2e-4,
+                      batch_size=8 if course else BS, padding_free=case == "course-padfree",
+                      output_dir="/tmp/bench-out", run_name=case)
+    t0 = time.perf_counter()
+    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    load_s = time.perf_counter() - t0
+    if course:
+        dataset = load_jsonl(os.path.join(REPO, "data", "course_train.jsonl"), cfg.system_prompt)
+        steps = WARM + max(STEPS, 28)
+    else:
+        import torch
+        from datasets import Dataset as HFDataset
+        g = torch.Generator().manual_seed(0)
+        dataset = HFDataset.from_list([{"input_ids": torch.randint(3, 32000, (SEQ,), generator=g).tolist()}
+                                       for _ in range(BS * 4)])
+        steps = WARM + STEPS
+    clock = StepClock()
+    sft = make_sft_config(cfg, choice, "/tmp/bench-out/" + case, max_steps=steps, save_strategy="no",
+                          logging_steps=1, disable_tqdm=True)
+    trainer = build_trainer(model, tokenizer, dataset, cfg, choice, sft.output_dir, sft, [clock.callback])
+    trainer.data_collator = clock.wrap(trainer.data_collator)
+    trainer.train()
+    return dict(load_s=load_s, step_times=clock.times[WARM:], tokens=clock.tokens[WARM:len(clock.times)],
+                first_step_at=clock.first_step_at,
+                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def run(case, model_dir):
+    import torch
+    out = (run_lab if case.startswith(("lab-", "course-")) else run_raw)(case, model_dir)
+    times = sorted(out["step_times"])
+    median = times[len(times) // 2]
+    row = dict(case=case, steps=len(times), load_s=round(out["load_s"], 1),
+               start_to_first_step_s=round(out["first_step_at"] - START, 1), step_s_median=round(median, 4),
+               tokens_per_s=round(sum(out["tokens"]) / sum(out["step_times"])),
+               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), trainable=out["trainable"],
+               gpu=torch.cuda.get_device_name())
+    if case.startswith("course-"):
+        row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
+    print(json.dumps(row), flush=True)
+
+
+def table(results_path, out_path):
+    rows = {}
+    for line in open(results_path):
+        if line.startswith("{"):
+            row = json.loads(line)
+            if "case" in row:
+                rows[row["case"]] = row
+    gpu = next(iter(rows.values()))["gpu"] if rows else "?"
+    import torch
+    import transformers
+    import trl
+    import unsloth
+    lines = [f"# LoRA / QLoRA training throughput on {gpu}", "",
+             f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
+             f"unsloth {unsloth.__version__}. TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, "
+             f"r=16 on all 7 projections, gradient checkpointing, fused AdamW, median of {STEPS} steps after "
+             f"{WARM} warm-up steps; one process per case, all in one run on one card.", "",
+             "| case | tokens/s | peak GiB | start to 1st step (s) | vs raw Unsloth tokens/s | vs raw Unsloth memory "
+             "| vs transformers+PEFT tokens/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for case in ("hf-lora", "us-lora", "lab-lora", "hf-qlora", "us-qlora", "lab-qlora"):
+        if case not in rows:
+            continue
+        r, kind = rows[case], case.split("-")[1]
+        us, hf = rows.get(f"us-{kind}"), rows.get(f"hf-{kind}")
+        ratio = (lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b else "-")
+        lines.append(f"| {case} | {r['tokens_per_s']:,} | {r['peak_gib']} | {r['start_to_first_step_s']} "
+                     f"| {ratio(r, us, 'tokens_per_s')} | {ratio(r, us, 'peak_gib')} | {ratio(r, hf, 'tokens_per_s')} |")
+    if "course-padded" in rows and "course-padfree" in rows:
+        p, f = rows["course-padded"], rows["course-padfree"]
+        lines += ["", "Course dataset (50 short examples, SmolLM2-135M shape, batch 8, the lab's trainer, Unsloth):", "",
+                  "| batches | effective (non-pad) tokens/s | peak GiB | start to 1st step (s) | ratio |",
+                  "| --- | ---: | ---: | ---: | ---: |",
+                  f"| padded | {p['tokens_per_s']:,} | {p['peak_gib']} | {p['start_to_first_step_s']} | 1.00x |",
+                  f"| padding-free | {f['tokens_per_s']:,} | {f['peak_gib']} | {f['start_to_first_step_s']} "
+                  f"| {f['tokens_per_s'] / p['tokens_per_s']:.2f}x |"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out_path:
+        with open(out_path, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command == "make-tinyllama":
+        from finetune_lab.shapes import build_preset_shape
+        build_preset_shape("tinyllama-1.1b-chat", sys.argv[2])
+    elif command == "make-smollm2":
+        from finetune_lab.shapes import build_like
+        build_like(sys.argv[3], sys.argv[2])
+    elif command == "run":
+        run(sys.argv[2], sys.argv[3])
+    elif command == "table":
+        table(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Verify the lab's GPU path on a CUDA machine (needs requirements-gpu.txt, requirements-dev.txt and the
+# embedded model, i.e. `make model` once). Who it is for: maintainers before a release; what it ran is in the
+# issue/PR notes. From the repository root:
+#     bash scripts/gpu_verify.sh [OUT_DIR]
+# 1. tests/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
+# 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
+# 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-verify}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python3 - <<'PY' | tee "$out/versions.txt"
+import torch, transformers, trl, peft, unsloth, bitsandbytes
+print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__} | "
+      f"trl {trl.__version__} | peft {peft.__version__} | unsloth {unsloth.__version__} | bnb {bitsandbytes.__version__}")
+PY
+python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
+status=0
+python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu tests/test_gpu.py 2>&1 \
+  | grep -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1
+tail -15 "$out/pytest_gpu.txt"
+for nb in train_model evaluate_model; do
+  FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
+import sys, time, nbformat
+from nbclient import NotebookClient
+name = sys.argv[1]
+nb = nbformat.read(f"labs/unsloth_finetune/{name}.ipynb", as_version=4)
+start = time.perf_counter()
+NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": "labs/unsloth_finetune"}}).execute()
+errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+backend = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if "backend=" in o.get("text", "")]
+print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(errors)}, {backend[:1]}")
+sys.exit(1 if errors else 0)
+PY
+done
+python3 scripts/check_presets.py "$out/presets" 2>&1 | tee "$out/presets.txt" || status=1
+exit $status

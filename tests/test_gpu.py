@@ -1,0 +1,47 @@
+"""The GPU path, run on a CUDA machine (scripts/gpu_verify.sh); every test here skips on a CPU machine.
+
+The CLI trains the embedded SmolLM2 with LoRA and QLoRA through both backends (Unsloth, transformers + PEFT +
+bitsandbytes); each run must learn, save, and reload with the same greedy answers, on the GPU and on the CPU.
+"""
+import importlib.util
+import json
+
+import pytest
+
+from conftest import run_cli
+from finetune_lab.checkpoints import load_checkpoint
+from finetune_lab.evaluation import same_program
+from finetune_lab.generation import generate
+from finetune_lab.models import cuda_available
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU: run on a GPU machine "
+                                 "(scripts/gpu_verify.sh); the CPU path is covered by test_unsloth_finetune.py")]
+HAS = {name: importlib.util.find_spec(name) is not None for name in ("unsloth", "bitsandbytes")}
+
+
+@pytest.mark.parametrize("backend,method", [("unsloth", "lora"), ("unsloth", "qlora"),
+                                            ("transformers", "lora"), ("transformers", "qlora")])
+def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backend, method):
+    if backend == "unsloth" and not HAS["unsloth"]:
+        pytest.skip("unsloth is not installed (pip install -r requirements-gpu.txt)")
+    if method == "qlora" and not HAS["bitsandbytes"]:
+        pytest.skip("bitsandbytes is not installed (pip install -r requirements-gpu.txt)")
+    done = run_cli("--test_mode", "--backend", backend, "--method", method, "--output_dir", str(tmp_path),
+                   "--run_name", "gpu")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"backend={backend} device=cuda" in done.stdout and f"method={method}" in done.stdout
+    run = tmp_path / "gpu"
+    losses = [h["loss"] for h in json.loads((run / "loss_history.json").read_text())]
+    assert losses[-1] < 0.5 * losses[0]
+    samples = json.loads((run / "samples.json").read_text())
+    assert sum(bool(same_program(s["after"], s["reference"])) for s in samples[:3]) >= 2
+    prompts = [s["prompt"] for s in samples]
+    model, tokenizer, _ = load_checkpoint(run, device="cuda")
+    on_gpu = generate(model, tokenizer, prompts, max_new_tokens=96)
+    print(json.dumps({"backend": backend, "method": method, "losses": [losses[0], losses[-1]],
+                      "reload_identical_on_gpu": on_gpu == [s["after"] for s in samples]}))
+    assert sum(a == s["after"] for a, s in zip(on_gpu, samples)) >= 3
+    model, tokenizer, _ = load_checkpoint(run, device="cpu")   # a GPU checkpoint reloads on a CPU
+    on_cpu = generate(model, tokenizer, prompts[:3], max_new_tokens=96)
+    assert sum(bool(same_program(a, s["reference"])) for a, s in zip(on_cpu, samples)) >= 2
