@@ -185,7 +185,7 @@ class LabRun:
     choice: BackendChoice
     result: TrainResult
     run_dir: Path
-    prompts: list[str]
+    prompts: list[list[dict]]      # chat messages (system prompt + user turn) as the model saw them
     references: list[str]
     before: list[str]
     after: list[str]
@@ -218,7 +218,7 @@ class LabRun:
         for warning in self.warnings:
             print(f"   warning: {warning}")
         for i, (prompt, ref, b, a) in enumerate(zip(self.prompts, self.references, self.before, self.after), 1):
-            print(f"\n--- test prompt {i}: {prompt}\n[reference]\n{ref}\n[before]\n{b}\n[after]\n{a}")
+            print(f"\n--- test prompt {i}: {prompt[-1]['content']}\n[reference]\n{ref}\n[before]\n{b}\n[after]\n{a}")
 
 
 def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
@@ -232,7 +232,7 @@ def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
         (folder / HISTORY_FILE).write_text(json.dumps(lab.result.history, indent=1))
         plot_loss(lab.result.history, folder / CURVE_FILE, title=f"{lab.config.run_name}: training loss")
         (folder / SAMPLES_FILE).write_text(json.dumps(
-            [{"prompt": p, "reference": r, "before": b, "after": a}
+            [{"prompt": p[-1]["content"], "messages": p, "reference": r, "before": b, "after": a}
              for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)], indent=1))
         (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
 
@@ -276,7 +276,7 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
         for_inference(model, choice)
         after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        lab = LabRun(cfg, choice, result, paths.run, [p[-1]["content"] for p in prompts], references,
+        lab = LabRun(cfg, choice, result, paths.run, prompts, references,
                      before, after, warnings, model, tokenizer)
         save_lab_run(lab, paths, dataset)
     return lab

@@ -2,8 +2,9 @@
 """Apply the repository's notebook outputs policy (tests/test_notebooks.py enforces it).
 
 Policy: outputs are committed only for cells marked `# NBVAL_CHECK_OUTPUT` (deterministic output that nbval
-compares in CI); every other cell is committed without outputs and no cell keeps an execution count, so
-diffs stay small and no timing, machine path or progress bar lands in git.
+compares in CI); every other cell is committed without outputs or execution count, so
+diffs stay small and no timing, machine path or progress bar lands in git. Checked cells are numbered 1, 2, ...
+(nbval needs an execution count on a cell whose output it compares).
 
 Who it is for: anyone who edits a notebook. How to run, from the repository root:
     python scripts/clean_notebooks.py             # strip in place
@@ -30,16 +31,20 @@ def is_checked(cell) -> bool:
 
 
 def clean(nb) -> None:
+    checked = 0
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        cell.execution_count = None
         cell.metadata = {}
         if is_checked(cell):
+            # nbval refuses a reference cell with outputs but no execution count ("unrun"): number them 1, 2, ...
+            checked += 1
+            cell.execution_count = checked
             for output in cell.outputs:
                 if "execution_count" in output:
-                    output["execution_count"] = None
+                    output["execution_count"] = checked
         else:
+            cell.execution_count = None
             cell.outputs = []
 
 

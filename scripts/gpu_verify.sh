@@ -2,7 +2,8 @@
 # Verify the lab's GPU path on a CUDA machine (needs requirements-gpu.txt, requirements-dev.txt and the
 # embedded model, i.e. `make model` once). Who it is for: maintainers before a release; what it ran is in the
 # issue/PR notes. From the repository root:
-#     bash scripts/gpu_verify.sh [OUT_DIR]
+#     bash scripts/gpu_verify.sh [OUT_DIR]                 # all three stages (~20 minutes on an H100)
+#     STAGES="tests notebooks" bash scripts/gpu_verify.sh   # some of them
 # 1. tests/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
 # 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
@@ -17,11 +18,11 @@ print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformer
       f"trl {trl.__version__} | peft {peft.__version__} | unsloth {unsloth.__version__} | bnb {bitsandbytes.__version__}")
 PY
 python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
+stages=" ${STAGES:-tests notebooks presets} "
 status=0
-python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu tests/test_gpu.py 2>&1 \
-  | grep -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1
-tail -15 "$out/pytest_gpu.txt"
-for nb in train_model evaluate_model; do
+[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu tests/test_gpu.py 2>&1 \
+  | grep -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
+[[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
   FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
 import sys, time, nbformat
 from nbclient import NotebookClient
@@ -35,5 +36,5 @@ print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(er
 sys.exit(1 if errors else 0)
 PY
 done
-python3 scripts/check_presets.py "$out/presets" 2>&1 | tee "$out/presets.txt" || status=1
+[[ $stages == *" presets "* ]] && { python3 scripts/check_presets.py "$out/presets" 2>&1 | tee "$out/presets.txt" || status=1; }
 exit $status

@@ -25,14 +25,16 @@ def test_outputs_policy_only_checked_cells_keep_outputs(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     checked = [c for c in code if c.source.lstrip().startswith(MARKER)]
     assert checked, "each notebook checks at least one deterministic output"
+    assert [c.execution_count for c in checked] == list(range(1, len(checked) + 1)), \
+        "run scripts/clean_notebooks.py before committing"
     for cell in code:
-        assert cell.execution_count is None, "run scripts/clean_notebooks.py before committing"
         if cell in checked:
             text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
             assert text.strip(), f"checked cell has no committed output:\n{cell.source[:80]}"
             assert not MACHINE_NOISE.search(text), f"machine-specific output committed:\n{text[:200]}"
         else:
-            assert cell.outputs == [], f"unchecked cell has committed output:\n{cell.source[:80]}"
+            assert cell.outputs == [] and cell.execution_count is None, \
+                f"unchecked cell has committed output:\n{cell.source[:80]}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

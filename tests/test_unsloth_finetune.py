@@ -35,7 +35,7 @@ def test_reloading_the_run_folder_alone_gives_token_identical_answers(trained_ru
     samples = json.loads((trained_run / "samples.json").read_text())
     model, tokenizer, run_config = load_checkpoint(trained_run, device="cpu")
     assert run_config["model"] == "smollm2-135m"
-    answers = generate(model, tokenizer, [s["prompt"] for s in samples], max_new_tokens=96)
+    answers = generate(model, tokenizer, [s["messages"] for s in samples], max_new_tokens=96)
     assert answers == [s["after"] for s in samples]
 
 
