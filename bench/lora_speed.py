@@ -16,6 +16,9 @@ median of STEPS steps after WARM warm-up steps):
     lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
 Cases on the course dataset (data/course_train.jsonl, batch 8, DIR = a SmolLM2-shaped model folder):
     course-padded course-padfree   the lab's trainer with padded batches vs padding-free batches
+    course-padded-nockpt course-padfree-nockpt   the same without gradient checkpointing
+Data parallel (bench/run_multi_gpu.sh): lab-lora / lab-qlora under `accelerate launch --num_processes N`,
+backend from BENCH_BACKEND (default unsloth); tokens/s counts every process's batch.
 """
 from __future__ import annotations
 
@@ -129,9 +132,11 @@ def run_lab(case, model_dir):
     from finetune_lab.training import build_trainer, make_sft_config
     course = case.startswith("course-")
     method = "qlora" if case.endswith("qlora") else "lora"
-    cfg = TrainConfig(model=model_dir, method=method, backend="unsloth", rank=16, alpha=16 if not course else 32,
-                      max_seq_length=256 if course else SEQ, gradient_checkpointing=True, learning_rate=2e-4,
-                      batch_size=8 if course else BS, padding_free=case == "course-padfree",
+    backend = os.environ.get("BENCH_BACKEND", "unsloth")
+    cfg = TrainConfig(model=model_dir, method=method, backend=backend, rank=16, alpha=16 if not course else 32,
+                      max_seq_length=256 if course else SEQ, learning_rate=2e-4,
+                      batch_size=8 if course else BS, padding_free=case.startswith("course-padfree"),
+                      gradient_checkpointing=not case.endswith("-nockpt"),
                       output_dir="/tmp/bench-out", run_name=case)
     t0 = time.perf_counter()
     model, tokenizer, choice = load_for_training(cfg, verbose=False)
@@ -152,9 +157,17 @@ def run_lab(case, model_dir):
     trainer = build_trainer(model, tokenizer, dataset, cfg, choice, sft.output_dir, sft, [clock.callback])
     trainer.data_collator = clock.wrap(trainer.data_collator)
     trainer.train()
-    return dict(load_s=load_s, step_times=clock.times[WARM:], tokens=clock.tokens[WARM:len(clock.times)],
+    world = int(os.environ.get("WORLD_SIZE", "1"))   # data parallel: every process trains a batch like this one
+    return dict(load_s=load_s, step_times=clock.times[WARM:],
+                tokens=[t * world for t in clock.tokens[WARM:len(clock.times)]],
                 first_step_at=clock.first_step_at,
                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def versions() -> str:
+    import importlib.metadata as md
+    return ", ".join(f"{name} {md.version(name)}" for name in ("torch", "transformers", "trl", "peft", "unsloth",
+                                                                  "bitsandbytes"))
 
 
 def run(case, model_dir):
@@ -166,27 +179,26 @@ def run(case, model_dir):
                start_to_first_step_s=round(out["first_step_at"] - START, 1), step_s_median=round(median, 4),
                tokens_per_s=round(sum(out["tokens"]) / sum(out["step_times"])),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), trainable=out["trainable"],
-               gpu=torch.cuda.get_device_name())
+               gpu=torch.cuda.get_device_name(), versions=versions())
     if case.startswith("course-"):
         row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
-    print(json.dumps(row), flush=True)
+    row.update(processes=int(os.environ.get("WORLD_SIZE", "1")), backend=os.environ.get("BENCH_BACKEND", "unsloth")
+               if case.startswith(("lab-", "course-")) else case.split("-")[0])
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(row), flush=True)
 
 
 def table(results_path, out_path):
     rows = {}
     for line in open(results_path):
-        if line.startswith("{"):
+        if line.startswith('{"'):   # the trainer's own log lines are Python dicts ({'loss': ...}), not JSON
             row = json.loads(line)
             if "case" in row:
                 rows[row["case"]] = row
-    gpu = next(iter(rows.values()))["gpu"] if rows else "?"
-    import torch
-    import transformers
-    import trl
-    import unsloth
-    lines = [f"# LoRA / QLoRA training throughput on {gpu}", "",
-             f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, "
-             f"unsloth {unsloth.__version__}. TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, "
+    first = next(iter(rows.values())) if rows else {}
+    versions = first.get("versions", "versions: see the run's log")
+    lines = [f"# LoRA / QLoRA training throughput on {first.get('gpu', '?')}", "",
+             f"{versions}. TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, "
              f"r=16 on all 7 projections, gradient checkpointing, fused AdamW, median of {STEPS} steps after "
              f"{WARM} warm-up steps; one process per case, all in one run on one card.", "",
              "| case | tokens/s | peak GiB | start to 1st step (s) | vs raw Unsloth tokens/s | vs raw Unsloth memory "
@@ -199,14 +211,39 @@ def table(results_path, out_path):
         ratio = (lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b else "-")
         lines.append(f"| {case} | {r['tokens_per_s']:,} | {r['peak_gib']} | {r['start_to_first_step_s']} "
                      f"| {ratio(r, us, 'tokens_per_s')} | {ratio(r, us, 'peak_gib')} | {ratio(r, hf, 'tokens_per_s')} |")
-    if "course-padded" in rows and "course-padfree" in rows:
-        p, f = rows["course-padded"], rows["course-padfree"]
-        lines += ["", "Course dataset (50 short examples, SmolLM2-135M shape, batch 8, the lab's trainer, Unsloth):", "",
-                  "| batches | effective (non-pad) tokens/s | peak GiB | start to 1st step (s) | ratio |",
-                  "| --- | ---: | ---: | ---: | ---: |",
-                  f"| padded | {p['tokens_per_s']:,} | {p['peak_gib']} | {p['start_to_first_step_s']} | 1.00x |",
-                  f"| padding-free | {f['tokens_per_s']:,} | {f['peak_gib']} | {f['start_to_first_step_s']} "
-                  f"| {f['tokens_per_s'] / p['tokens_per_s']:.2f}x |"]
+    course = [c for c in ("course-padded", "course-padfree", "course-padded-nockpt", "course-padfree-nockpt")
+              if c in rows]
+    if "course-padded" in course:
+        base = rows["course-padded"]["tokens_per_s"]
+        lines += ["", "Course dataset (50 short examples, SmolLM2-135M shape, batch 8, the lab's trainer, Unsloth; "
+                  "-nockpt: gradient checkpointing off):", "",
+                  "| case | effective (non-pad) tokens/s | peak GiB | start to 1st step (s) | vs padded default |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {c} | {rows[c]['tokens_per_s']:,} | {rows[c]['peak_gib']} | {rows[c]['start_to_first_step_s']} "
+                  f"| {rows[c]['tokens_per_s'] / base:.2f}x |" for c in course]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out_path:
+        with open(out_path, "w") as fh:
+            fh.write(text)
+
+
+def scaling(results_path, out_path):
+    """Tokens/s of the same per-GPU workload on 1 and N GPUs (data parallel), with the speed-up."""
+    rows = [json.loads(line) for line in open(results_path) if line.startswith('{"')]
+    rows = [r for r in rows if "case" in r]
+    lines = [f"# Data-parallel scaling on {rows[0]['gpu'] if rows else '?'} (accelerate launch, DDP)", "",
+             f"TinyLlama-1.1B shape (random weights), {BS} x {SEQ} tokens per GPU per step, r=16 on all 7 "
+             f"projections, gradient checkpointing; median step time of {STEPS} steps after {WARM} warm-up steps. "
+             f"{rows[0].get('versions', '') if rows else ''}", "",
+             "| case | backend | GPUs | tokens/s (all GPUs) | peak GiB per GPU | speed-up vs 1 GPU |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    single = {(r["case"], r["backend"]): r["tokens_per_s"] for r in rows if r["processes"] == 1}
+    for r in rows:
+        one = single.get((r["case"], r["backend"]))
+        speedup = f"{r['tokens_per_s'] / one:.2f}x" if one else "-"
+        lines.append(f"| {r['case']} | {r['backend']} | {r['processes']} | {r['tokens_per_s']:,} | {r['peak_gib']} "
+                     f"| {speedup} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if out_path:
@@ -224,6 +261,8 @@ if __name__ == "__main__":
         build_like(sys.argv[3], sys.argv[2])
     elif command == "run":
         run(sys.argv[2], sys.argv[3])
+    elif command == "scaling":
+        scaling(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
     elif command == "table":
         table(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
     else:

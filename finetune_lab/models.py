@@ -36,6 +36,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FINETUNE_LAB_CACHE", Path.home() / ".cache" / "finetune_lab"))
 
 
+def world_size() -> int:
+    """Processes in this run: >1 under `accelerate launch` / torchrun (data parallel, one GPU each)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -69,17 +82,22 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
         raise ConfigError("QLoRA with the transformers backend needs bitsandbytes: pip install -r requirements-gpu.txt")
     backend = cfg.backend
     if backend == "auto":
-        backend = "unsloth" if cuda and unsloth_installed() else "transformers"
+        # Several processes (accelerate launch): transformers + PEFT, which DDP supports without caveats;
+        # Unsloth's own multi-GPU mode is opt-in (--backend unsloth).
+        backend = "unsloth" if cuda and unsloth_installed() and world_size() == 1 else "transformers"
     if cfg.padding_free and backend != "unsloth":
         raise ConfigError("padding-free batches need the unsloth backend (its attention keeps examples apart); "
                           "drop --padding_free here")
     if not cuda:
         return BackendChoice(backend, "cpu", "float32", cfg.method)
     import torch
+    torch.cuda.set_device(local_rank())       # one GPU per process under accelerate launch
     # Ampere and newer train in bf16; older cards (a Colab T4) only have fp16.
     dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return BackendChoice(backend, f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})",
-                         dtype, cfg.method)
+    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+    if world_size() > 1:
+        where += f", rank {os.environ.get('RANK', '0')} of {world_size()}"
+    return BackendChoice(backend, where, dtype, cfg.method)
 
 
 # ---------------------------------------------------------------- resolving a model name to a folder
@@ -190,9 +208,10 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     four_bit = choice.method == "qlora"
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
+        extra = {"device_map": {"": local_rank()}} if world_size() > 1 else {}
         model, tokenizer = FastLanguageModel.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype,
                                                              load_in_4bit=four_bit,
-                                                             full_finetuning=choice.method == "full")
+                                                             full_finetuning=choice.method == "full", **extra)
         return model, _fix_tokenizer(tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kwargs = {"dtype": dtype}

@@ -12,7 +12,8 @@ from .checkpoints import RunPaths, prepare_run, save_run
 from .config import TrainConfig
 from .data import Dataset, count_too_long, load_jsonl
 from .generation import generate
-from .models import BackendChoice, base_fingerprint, for_inference, for_training, load_for_training
+from .models import (BackendChoice, base_fingerprint, for_inference, for_training, is_main_process,
+                     load_for_training, world_size)
 from .plots import plot_loss
 
 HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE = (
@@ -76,6 +77,8 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         data_seed=cfg.seed,
         report_to=["wandb"] if cfg.wandb else "none",
         run_name=cfg.run_name,
+        # LoRA with non-reentrant checkpointing uses every trainable parameter each step: skip DDP's search.
+        ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         dataset_num_proc=None,
@@ -257,6 +260,9 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
     if cfg.limit_examples:
         dataset.examples = dataset.examples[:cfg.limit_examples]
     model, tokenizer, choice = load_for_training(cfg, lora_config)
+    if is_main_process():
+        print(f"[finetune_lab] effective batch size {cfg.batch_size * cfg.grad_accum * world_size()} = "
+              f"{cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
     warnings = list(dataset.warnings)
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
     if too_long:
@@ -270,7 +276,7 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
     for_inference(model, choice)
     before = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     resume_from = paths.latest_resume_checkpoint() if resume else None
-    if not resume and paths.resume.exists():
+    if not resume and paths.resume.exists() and is_main_process():
         shutil.rmtree(paths.resume)  # --overwrite: the stale interrupted state of this run name
     with tracking.wandb_run(cfg, paths.run.parent):
         result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
@@ -278,5 +284,6 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         lab = LabRun(cfg, choice, result, paths.run, prompts, references,
                      before, after, warnings, model, tokenizer)
-        save_lab_run(lab, paths, dataset)
+        if is_main_process():       # one writer: the other data-parallel processes hold the same weights
+            save_lab_run(lab, paths, dataset)
     return lab

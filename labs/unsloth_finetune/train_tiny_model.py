@@ -8,6 +8,7 @@ How to run (from the repository root, after `make setup` or `pip install -e .`):
     python labs/unsloth_finetune/train_tiny_model.py --rank 32 --run_name smollm2-lora-r32
     python labs/unsloth_finetune/train_tiny_model.py --model tinyllama-1.1b-chat --method qlora   # GPU + hub
     python labs/unsloth_finetune/train_tiny_model.py --resume              # continue an interrupted run
+    accelerate launch --num_processes 2 labs/unsloth_finetune/train_tiny_model.py --method qlora   # 2 GPUs, DDP
 It prints the backend, device and method it chose, trains with a progress bar, saves
 checkpoints/<run_name>/ and ends with a summary (time, steps, losses, before/after answers).
 """
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    lab.print_summary()
+    from finetune_lab.models import is_main_process
+    if is_main_process():
+        lab.print_summary()
     return 0
 
 
