@@ -16,7 +16,9 @@ launch() { accelerate launch --num_processes "$1" --num_machines 1 --mixed_preci
 for backend in ${BACKENDS:-transformers}; do
   for case in lab-lora lab-qlora; do
     for procs in 1 "$n"; do
-      BENCH_BACKEND=$backend launch "$procs" bench/lora_speed.py run "$case" /tmp/bench-models/tinyllama \
+      # one process must see one GPU, or Trainer falls back to nn.DataParallel (which TRL refuses)
+      visible=$([ "$procs" = 1 ] && echo 0 || seq -s, 0 $((procs - 1)))
+      CUDA_VISIBLE_DEVICES=$visible BENCH_BACKEND=$backend launch "$procs" bench/lora_speed.py run "$case" /tmp/bench-models/tinyllama \
         2>"$out/$case-$backend-$procs.log" | grep '^{"' | tee -a "$out/scaling.jsonl" \
         || echo "failed: $case $backend x$procs (see $out/$case-$backend-$procs.log)"
     done
@@ -24,6 +26,7 @@ for backend in ${BACKENDS:-transformers}; do
 done
 python3 bench/lora_speed.py scaling "$out/scaling.jsonl" "$out/scaling.md"
 launch "$n" labs/unsloth_finetune/train_tiny_model.py --model /tmp/bench-models/tinyllama --backend transformers \
-  --test_mode --max_steps 6 --output_dir /tmp/ddp-runs --run_name ddp --overwrite > "$out/cli_ddp.log" 2>&1
+  --test_mode --max_steps 6 --max_seq_length 512 --output_dir /tmp/ddp-runs --run_name ddp --overwrite \
+  > "$out/cli_ddp.log" 2>&1
 echo "CLI on $n GPUs: exit $?; run folders: $(ls /tmp/ddp-runs 2>/dev/null | tr '\n' ' ')"
 grep -E "effective_batch_size|steps:|first_loss|last_loss|backend=" "$out/cli_ddp.log" | sort | uniq -c

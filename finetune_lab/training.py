@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints import RunPaths, prepare_run, save_run
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Dataset, count_too_long, load_jsonl
 from .generation import generate
 from .models import (BackendChoice, base_fingerprint, for_inference, for_training, is_main_process,
@@ -265,6 +265,9 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
               f"{cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
     warnings = list(dataset.warnings)
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
+    if too_long == len(dataset):
+        raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
+                          "so every answer would be cut short or lost; raise --max_seq_length")
     if too_long:
         fate = ("kept whole (padding-free batches are not truncated)" if choice.backend == "unsloth"
                 and cfg.padding_free is not False else "truncated (their end is cut)")

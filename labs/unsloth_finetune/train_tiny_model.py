@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+if "WORLD_SIZE" not in os.environ:
+    # One process trains on one GPU (else Trainer wraps the model in nn.DataParallel, which TRL refuses);
+    # more GPUs: `accelerate launch --num_processes N ...`.
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
 from finetune_lab.checkpoints import CheckpointError  # noqa: E402
