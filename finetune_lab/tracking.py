@@ -41,5 +41,8 @@ def log_run_files(run_dir: Path, table=None, table_name: str = "eval") -> None:
     curve = Path(run_dir) / "loss_curve.png"
     if curve.exists():
         wandb.log({"loss_curve": wandb.Image(str(curve))})
+    for name in ("loss_history.json", "run_config.json", "summary.json"):
+        if (Path(run_dir) / name).exists():   # copied into the wandb run folder, readable even offline
+            wandb.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
     if table is not None:
         wandb.log({table_name: wandb.Table(dataframe=table)})
