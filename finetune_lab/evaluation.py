@@ -143,19 +143,20 @@ class _ApiChecker(ast.NodeVisitor):
                 self.types[target.id] = kind
             self.visit(target)
 
+    def _bind_loop_variable(self, target, iterable):
+        """`for p in garden.plants()` makes `p` a Plant."""
+        self.visit(iterable)
+        element = _element_type(self.type_of(iterable))
+        if element and isinstance(target, ast.Name):
+            self.types[target.id] = element
+
     def visit_For(self, node):
-        self.visit(node.iter)
-        element = _element_type(self.type_of(node.iter))
-        if element and isinstance(node.target, ast.Name):
-            self.types[node.target.id] = element
+        self._bind_loop_variable(node.target, node.iter)
         for child in node.body + node.orelse:
             self.visit(child)
 
     def visit_comprehension(self, node):
-        self.visit(node.iter)
-        element = _element_type(self.type_of(node.iter))
-        if element and isinstance(node.target, ast.Name):
-            self.types[node.target.id] = element
+        self._bind_loop_variable(node.target, node.iter)
         for cond in node.ifs:
             self.visit(cond)
 
@@ -320,11 +321,12 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str | Path = DEFAULT_API,
                         compare_base: bool = True, limit: int = 0, max_new_tokens: int = 96,
-                        out_dir: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        out_dir: str | Path | None = None, wandb: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files.
 
     Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
-    folder (or out_dir) and returns (per-example table, summary table).
+    folder (or out_dir) and returns (per-example table, summary table). wandb=True also logs the tables and the
+    plot to a wandb run named after the training run (offline unless WANDB_API_KEY is set).
     """
     from .checkpoints import load_checkpoint
     from .data import load_jsonl
@@ -352,6 +354,11 @@ def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str
     bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
     metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
     plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
-    from .tracking import log_run_files
-    log_run_files(Path(run_dir), table=table, table_name="eval")
+    if wandb:
+        from .config import TrainConfig
+        from .tracking import log_run_files, wandb_run
+        cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(run_dir).name}-eval"})
+        with wandb_run(cfg, Path(run_dir).parent):
+            log_run_files(out, table=table, table_name="eval")
+            log_run_files(out, table=summary, table_name="eval_summary")
     return table, summary

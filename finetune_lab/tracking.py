@@ -31,16 +31,16 @@ def wandb_run(cfg: TrainConfig, log_dir: str | Path):
 
 
 def log_run_files(run_dir: Path, table=None, table_name: str = "eval") -> None:
-    """Add the loss-curve image (and an evaluation table, a pandas DataFrame) to the active wandb run."""
+    """Add a run folder's plots and JSON files (and a table, a pandas DataFrame) to the active wandb run."""
     try:
         import wandb
     except ImportError:
         return
     if wandb.run is None:
         return
-    curve = Path(run_dir) / "loss_curve.png"
-    if curve.exists():
-        wandb.log({"loss_curve": wandb.Image(str(curve))})
+    for image in ("loss_curve.png", "scores.png"):
+        if (Path(run_dir) / image).exists():
+            wandb.log({image.removesuffix(".png"): wandb.Image(str(Path(run_dir) / image))})
     for name in ("loss_history.json", "run_config.json", "summary.json"):
         if (Path(run_dir) / name).exists():   # copied into the wandb run folder, readable even offline
             wandb.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")

@@ -1,5 +1,6 @@
 """finetune_lab.evaluation on hand-made cases, then on a real trained run."""
 import json
+import os
 
 import pytest
 
@@ -75,9 +76,10 @@ def test_prose_references_are_scored_without_code_checks():
 def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_base(trained_run):
     import subprocess
     import sys
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     done = subprocess.run([sys.executable, str(LAB / "evaluate_model.py"), str(trained_run), "--limit", "4",
-                           "--data", f"trained={REPO / 'data' / 'course_train.jsonl'}"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                           "--data", f"trained={REPO / 'data' / 'course_train.jsonl'}", "--wandb"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     eval_dir = trained_run / "eval"
     summary = {row["model"]: row for row in json.loads((eval_dir / "summary.json").read_text())}
@@ -85,3 +87,7 @@ def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_
     assert summary["fine-tuned"]["hallucination_rate"] <= summary["base"]["hallucination_rate"]
     assert (eval_dir / "scores.png").stat().st_size > 0 and (eval_dir / "per_example.csv").exists()
     assert "fine-tuned" in done.stdout and "accuracy" in done.stdout
+    wandb_runs = list((trained_run.parent / "wandb").glob("offline-run-*"))   # --wandb: offline, no login
+    assert len(wandb_runs) == 1
+    assert json.loads((wandb_runs[0] / "files" / "summary.json").read_text()) == list(summary.values())
+    assert next(wandb_runs[0].glob("run-*.wandb")).read_bytes().count(b"eval_summary") >= 1

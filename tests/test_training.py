@@ -75,3 +75,24 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert resumed.result.losses[-1] == pytest.approx(uninterrupted.result.losses[-1], rel=1e-3, abs=1e-4)
     assert not (tmp_path / "cut.resume").exists()
+
+
+def test_too_long_examples_are_counted_and_reported_as_truncated(tmp_path, base_model_dir, capsys):
+    rows = [json.loads(line) for line in open(DATA)][:4]
+    rows[1]["output"] = "\n".join(f"garden.water(bed={i % 4 + 1}, liters={i})" for i in range(40))
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    lab = run_lab(short_config(tmp_path, "long", data=str(data), max_steps=1), max_new_tokens=4)
+    message = "1 example(s) exceed max_seq_length=128 tokens and are truncated (their end is cut)"
+    assert message in capsys.readouterr().out and message in " ".join(lab.warnings)
+
+
+def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_model_dir):
+    from finetune_lab.checkpoints import load_checkpoint
+    from finetune_lab.generation import generate
+    lab = run_lab(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2), max_new_tokens=16)
+    assert lab.result.trainable_params == lab.result.total_params
+    assert (tmp_path / "full" / "model.safetensors").exists() and not (tmp_path / "full" / "adapter_config.json").exists()
+    model, tokenizer, run_config = load_checkpoint(tmp_path / "full", device="cpu")
+    assert run_config["method"] == "full"
+    assert generate(model, tokenizer, lab.prompts, max_new_tokens=16) == lab.after

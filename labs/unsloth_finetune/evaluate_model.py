@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N examples of each file only (0: all)")
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--no_base", action="store_true", help="skip the base model (adapter off)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)")
     args = parser.parse_args(argv)
     try:
         data = dict(item.split("=", 1) for item in args.data)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
     try:
         _, summary = evaluate_checkpoint(args.run_dir, data, args.api, compare_base=not args.no_base,
-                                         limit=args.limit, max_new_tokens=args.max_new_tokens)
+                                         limit=args.limit, max_new_tokens=args.max_new_tokens, wandb=args.wandb)
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
