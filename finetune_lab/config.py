@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 METHODS = ("lora", "qlora", "full")
 BACKENDS = ("auto", "unsloth", "transformers")

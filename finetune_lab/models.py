@@ -9,7 +9,6 @@ transformers, TRL and PEFT (it patches them at import).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -283,7 +282,3 @@ def for_training(model, choice: BackendChoice):
         FastLanguageModel.for_training(model)
     model.train()
     return model
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -3,10 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-if matplotlib.get_backend().lower().startswith(("qt", "tk", "gtk", "wx", "macosx")):
-    matplotlib.use("Agg")  # scripts and CI have no display; notebooks keep their inline backend
 import matplotlib.pyplot as plt
 
 

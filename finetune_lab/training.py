@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,19 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return [h["loss"] for h in self.history if "loss" in h]
+
+
+def _peak_memory_mb() -> float:
+    """Peak GPU memory of this process, or on a CPU its peak resident memory (RAM)."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    except ImportError:  # Windows has no resource module; psutil comes with accelerate
+        import psutil
+        return psutil.Process().memory_info().peak_wset / 2**20
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -165,11 +177,7 @@ def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendC
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
                                   f"{where}. Run the same command with --resume to continue.") from None
     seconds = time.perf_counter() - start
-    import torch
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak = _peak_memory_mb()
     history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
                for row in trainer.state.log_history if "loss" in row]
     trainable, total = count_parameters(model)

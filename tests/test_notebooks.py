@@ -4,7 +4,6 @@ nbval itself runs the notebooks (pytest collects labs/*.ipynb with --nbval-lax, 
 """
 import re
 import tomllib
-from pathlib import Path
 
 import nbformat
 import pytest
