@@ -15,7 +15,7 @@ median of STEPS steps after WARM warm-up steps):
     us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
     lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
 Cases on the course dataset (data/course_train.jsonl, batch 8, DIR = a SmolLM2-shaped model folder):
-    course-padded course-padfree   the lab's trainer with padded batches vs padding-free batches
+    course-padded course-padfree   the lab's trainer with padded batches (its default) vs padding-free batches
     course-padded-nockpt course-padfree-nockpt   the same without gradient checkpointing
 Data parallel (bench/run_multi_gpu.sh): lab-lora / lab-qlora under `accelerate launch --num_processes N`,
 backend from BENCH_BACKEND (default unsloth); tokens/s counts every process's batch.

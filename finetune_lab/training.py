@@ -61,7 +61,6 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
     """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
     from trl import SFTConfig
     on_gpu = choice.device != "cpu"
-    padding_free = choice.backend == "unsloth" if cfg.padding_free is None else cfg.padding_free
     args = dict(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -73,9 +72,9 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         warmup_steps=2,
         weight_decay=0.0,
         # Padding-free batches are not truncated by TRL (max_length must be None there); the lab warns instead.
-        max_length=None if padding_free else cfg.max_seq_length,
+        max_length=None if cfg.padding_free else cfg.max_seq_length,
         completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
-        padding_free=padding_free,
+        padding_free=cfg.padding_free,
         # Gradient checkpointing is switched on by models.add_adapter (Unsloth has its own variant).
         gradient_checkpointing=False,
         bf16=on_gpu and choice.dtype == "bfloat16",
@@ -277,8 +276,8 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
                           "so every answer would be cut short or lost; raise --max_seq_length")
     if too_long:
-        fate = ("kept whole (padding-free batches are not truncated)" if choice.backend == "unsloth"
-                and cfg.padding_free is not False else "truncated (their end is cut)")
+        fate = "kept whole (padding-free batches are not truncated)" if cfg.padding_free else \
+            "truncated (their end is cut)"
         warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
                         "raise --max_seq_length to cover them")
     for warning in warnings:

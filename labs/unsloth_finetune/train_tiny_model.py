@@ -43,6 +43,7 @@ HELP = {
     "batch_size": "examples per device per step",
     "learning_rate": "peak learning rate (linear decay)",
     "max_steps": "stop after this many optimizer steps (> 0)",
+    "padding_free": "batches without pad tokens (unsloth backend only)",
     "output_dir": "folder that holds run folders",
     "run_name": "name of this run's folder under --output_dir",
 }
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         name = f"--{f.name}"
         if f.name == "target_modules":
             parser.add_argument(name, nargs="+", default=list(default), help="linear layers that get LoRA")
-        elif isinstance(default, bool) or f.name in ("gradient_checkpointing", "padding_free"):
+        elif isinstance(default, bool) or f.name == "gradient_checkpointing":
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=HELP.get(f.name))
         else:
             kind = float if isinstance(default, float) else int if isinstance(default, int) else str
