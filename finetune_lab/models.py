@@ -64,6 +64,10 @@ class BackendChoice:
     dtype: str
     method: str
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
     def __str__(self) -> str:
         return f"backend={self.backend} device={self.device} dtype={self.dtype} method={self.method}"
 
@@ -87,15 +91,14 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if cfg.padding_free and backend != "unsloth":
         raise ConfigError("padding-free batches need the unsloth backend (its attention keeps examples apart); "
                           "drop --padding_free here")
+    rank = f", rank {os.environ.get('RANK', '0')} of {world_size()}" if world_size() > 1 else ""
     if not cuda:
-        return BackendChoice(backend, "cpu", "float32", cfg.method)
+        return BackendChoice(backend, "cpu" + rank, "float32", cfg.method)
     import torch
     torch.cuda.set_device(local_rank())       # one GPU per process under accelerate launch
     # Ampere and newer train in bf16; older cards (a Colab T4) only have fp16.
     dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
-    if world_size() > 1:
-        where += f", rank {os.environ.get('RANK', '0')} of {world_size()}"
+    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}){rank}"
     return BackendChoice(backend, where, dtype, cfg.method)
 
 
@@ -219,7 +222,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
         return model, _fix_tokenizer(tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     kwargs = {"dtype": dtype}
-    if choice.device != "cpu":
+    if choice.on_gpu:
         kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
     if four_bit:
         from transformers import BitsAndBytesConfig
@@ -234,7 +237,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
 def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
                 gradient_checkpointing: bool | None = None):
     """Wrap the base with LoRA (or leave it whole for full fine-tuning)."""
-    checkpointing = choice.device != "cpu" if gradient_checkpointing is None else gradient_checkpointing
+    checkpointing = choice.on_gpu if gradient_checkpointing is None else gradient_checkpointing
     if choice.method == "full":
         if checkpointing:
             model.gradient_checkpointing_enable()

@@ -60,7 +60,7 @@ def count_parameters(model) -> tuple[int, int]:
 def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, **overrides):
     """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
     from trl import SFTConfig
-    on_gpu = choice.device != "cpu"
+    on_gpu = choice.on_gpu
     args = dict(
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
@@ -180,7 +180,7 @@ def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendC
     history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
                for row in trainer.state.log_history if "loss" in row]
     trainable, total = count_parameters(model)
-    world = max(trainer.args.world_size, 1)
+    world = world_size()
     return TrainResult(history=history, steps=trainer.state.global_step, seconds=seconds,
                        seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
                        peak_memory_mb=peak, trainable_params=trainable, total_params=total,

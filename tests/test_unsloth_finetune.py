@@ -54,3 +54,21 @@ def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
                    cwd=REPO, timeout=120)
     assert done.returncode == 2 and "already holds a finished run; pass --overwrite" in done.stderr
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
+    """torchrun/accelerate on a CPU (gloo) runs the same DDP code path as several GPUs."""
+    import os
+    import subprocess
+    import sys
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+                           "--test_mode", "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "ddp"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out
+    assert "effective batch size 8 = 4 per device x 1 accumulation x 2 process(es)" in out
+    assert out.count("=== Lab summary ===") == 1 and "effective_batch_size: 8" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert [h["step"] for h in json.loads((tmp_path / "ddp" / "loss_history.json").read_text())] == [1, 2, 3, 4]
