@@ -4,6 +4,8 @@ import json
 import pytest
 
 from conftest import REPO, write_jsonl
+from finetune_lab import training
+from finetune_lab.config import TrainConfig
 from finetune_lab.data import MAX_LINE_CHARS, DatasetError, load_jsonl
 
 ALPACA = {"instruction": "Water bed 2 of `garden` with 3 liters.", "input": "", "output": "garden.water(bed=2, liters=3)"}
@@ -74,11 +76,17 @@ BAD = [
 
 
 @pytest.mark.parametrize("name,lines,line,words", BAD, ids=[b[0] for b in BAD])
-def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, name, lines, line, words):
+def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, monkeypatch, name, lines, line, words):
     path = tmp_path / f"{name}.jsonl"
     path.write_text("\n".join(lines), encoding="utf-8")
+
+    def no_model_yet(*args, **kwargs):
+        raise AssertionError("a model was loaded before the dataset was validated")
+
+    monkeypatch.setattr(training, "load_for_training", no_model_yet)
     with pytest.raises(DatasetError) as err:
-        load_jsonl(path)
+        training.run_lab(TrainConfig(data=str(path), output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
     message = str(err.value)
     assert message.startswith(str(path)) and "Fix:" in message
     assert err.value.line == line and (line is None or f"line {line}:" in message)
@@ -87,10 +95,11 @@ def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, name, lines, line
 
 
 def test_missing_file_and_non_utf8_bytes(tmp_path):
-    with pytest.raises(DatasetError, match="does not exist"):
-        load_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match="nope.jsonl: the file does not exist"):
+        training.run_lab(TrainConfig(data=str(tmp_path / "nope.jsonl"), output_dir=str(tmp_path / "out")))
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(json.dumps(ALPACA).encode() + b"\n" + '{"instruction": "Gie\xdfe", "output": "x"}'
                        .encode("latin-1"))
     with pytest.raises(DatasetError, match=r"line 2: byte 0xdf is not UTF-8.*save the file as UTF-8"):
-        load_jsonl(latin1)
+        training.run_lab(TrainConfig(data=str(latin1), output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
