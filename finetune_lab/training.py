@@ -92,6 +92,7 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
+        use_cpu=not on_gpu,                 # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
         dataset_num_proc=None,
     )
     args.update(overrides)
@@ -112,7 +113,7 @@ def _trainer_class():
             return self._staging_root or super()._get_output_dir(trial)
 
         def _save_checkpoint(self, model, trial):
-            if self.args.world_size > 1:  # every rank writes its own RNG state: no shared staging folder
+            if world_size() > 1:  # every rank writes its own RNG state: no shared staging folder
                 return super()._save_checkpoint(model, trial)
             final_root = Path(super()._get_output_dir(trial))
             final_root.mkdir(parents=True, exist_ok=True)

@@ -71,4 +71,7 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     assert "effective batch size 8 = 4 per device x 1 accumulation x 2 process(es)" in out
     assert out.count("=== Lab summary ===") == 1 and "effective_batch_size: 8" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    assert [h["step"] for h in json.loads((tmp_path / "ddp" / "loss_history.json").read_text())] == [1, 2, 3, 4]
+    history = json.loads((tmp_path / "ddp" / "loss_history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    # 16 examples, 4 per process, 2 processes: each step covers 8 examples, so an epoch takes 2 steps.
+    assert [h["epoch"] for h in history] == [0.5, 1.0, 1.5, 2.0]
