@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=TrainConfig.data)
     parser.add_argument("--heldout", default="data/course_heldout.jsonl")
     parser.add_argument("--output_dir", default=TrainConfig.output_dir)
-    parser.add_argument("--run_name", default="smollm2-lora", help="runs are named <run_name>-r<rank>")
+    parser.add_argument("--run_name", default="smollm2-ranks", help="runs are named <run_name>-r<rank>")
     parser.add_argument("--test_mode", action="store_true", help="tiny runs (tests and smoke checks)")
     parser.add_argument("--overwrite", action="store_true", help="replace earlier runs of the same names")
     args = parser.parse_args(argv)
