@@ -121,7 +121,7 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .models import base_fingerprint, resolve_model
+    from .models import base_fingerprint, nf4_config, resolve_model
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,10 +134,7 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     kwargs = {"dtype": dtype}
     if run_config.get("method") == "qlora" and device != "cpu":
         # The adapter learned on 4-bit NF4 base weights; reloading on the same base keeps its answers.
-        from transformers import BitsAndBytesConfig
-        kwargs.update(device_map={"": device}, quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype))
+        kwargs.update(device_map={"": device}, quantization_config=nf4_config(dtype))
     base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base or run_config["model"]), **kwargs)
     expected, found = run_config.get("base_fingerprint"), base_fingerprint(base_model)
     if expected and expected != found:

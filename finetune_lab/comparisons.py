@@ -6,8 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import TrainConfig
-from .data import load_jsonl
-from .evaluation import aggregate, evaluate_model, load_api
+from .evaluation import aggregate, evaluate_model, load_api, load_splits
 from .plots import plot_losses
 from .training import run_lab
 
@@ -20,11 +19,7 @@ def compare_ranks(cfg: TrainConfig, ranks=(16, 32), overwrite: bool = False, eva
     Writes <output_dir>/<run_name>-ranks.csv and -ranks.png and returns (table, figure).
     """
     histories, rows = {}, []
-    datasets = {}
-    for split, path in (eval_data or {}).items():
-        datasets[split] = load_jsonl(path, cfg.system_prompt)
-        if eval_limit:
-            datasets[split].examples = datasets[split].examples[:eval_limit]
+    datasets = load_splits(eval_data or {}, cfg.system_prompt, eval_limit)
     api = load_api()
     for rank in ranks:
         run_cfg = cfg.replace(rank=rank, alpha=2 * rank, run_name=f"{cfg.run_name}-r{rank}")

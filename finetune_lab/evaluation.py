@@ -319,6 +319,17 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0) -> dict:
+    """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0."""
+    from .data import load_jsonl
+    splits = {}
+    for split, path in data.items():
+        splits[split] = load_jsonl(path, system_prompt)
+        if limit:
+            splits[split].examples = splits[split].examples[:limit]
+    return splits
+
+
 def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str | Path = DEFAULT_API,
                         compare_base: bool = True, limit: int = 0, max_new_tokens: int = 96,
                         out_dir: str | Path | None = None, wandb: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -329,16 +340,10 @@ def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str
     plot to a wandb run named after the training run (offline unless WANDB_API_KEY is set).
     """
     from .checkpoints import load_checkpoint
-    from .data import load_jsonl
     from .plots import plot_scores
     model, tokenizer, run_config = load_checkpoint(run_dir)
     api = load_api(api_path)
-    datasets = {}
-    for split, path in data.items():
-        dataset = load_jsonl(path, run_config.get("system_prompt"))
-        if limit:
-            dataset.examples = dataset.examples[:limit]
-        datasets[split] = dataset
+    datasets = load_splits(data, run_config.get("system_prompt"), limit)
     tables = []
     if compare_base and hasattr(model, "disable_adapter"):
         with model.disable_adapter():

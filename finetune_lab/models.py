@@ -44,8 +44,12 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return rank() == 0
 
 
 def cuda_available() -> bool:
@@ -91,14 +95,14 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if cfg.padding_free and backend != "unsloth":
         raise ConfigError("padding-free batches need the unsloth backend (its attention keeps examples apart); "
                           "drop --padding_free here")
-    rank = f", rank {os.environ.get('RANK', '0')} of {world_size()}" if world_size() > 1 else ""
+    which = f", rank {rank()} of {world_size()}" if world_size() > 1 else ""
     if not cuda:
-        return BackendChoice(backend, "cpu" + rank, "float32", cfg.method)
+        return BackendChoice(backend, "cpu" + which, "float32", cfg.method)
     import torch
     torch.cuda.set_device(local_rank())       # one GPU per process under accelerate launch
     # Ampere and newer train in bf16; older cards (a Colab T4) only have fp16.
     dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}){rank}"
+    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}){which}"
     return BackendChoice(backend, where, dtype, cfg.method)
 
 
@@ -207,6 +211,13 @@ def _fix_tokenizer(tokenizer):
     return tokenizer
 
 
+def nf4_config(compute_dtype):
+    """QLoRA's 4-bit base: NormalFloat4 with double quantization, matmuls in compute_dtype."""
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
 def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     """The base model and tokenizer, on the chosen backend, without adapters."""
     import torch
@@ -225,10 +236,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     if choice.on_gpu:
         kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
     if four_bit:
-        from transformers import BitsAndBytesConfig
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
+        kwargs["quantization_config"] = nf4_config(dtype)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = _fix_tokenizer(AutoTokenizer.from_pretrained(path))
     return model, tokenizer
