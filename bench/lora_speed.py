@@ -14,9 +14,13 @@ median of STEPS steps after WARM warm-up steps):
     hf-lora hf-qlora          raw transformers + PEFT (+ bitsandbytes nf4), SDPA, a plain training loop
     us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
     lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
-Cases on the course dataset (data/course_train.jsonl, batch 8, DIR = a SmolLM2-shaped model folder):
-    course-padded course-padfree   the lab's trainer with padded batches (its default) vs padding-free batches
-    course-padded-nockpt course-padfree-nockpt   the same without gradient checkpointing
+Cases on the course dataset (data/course_train.jsonl, batch 8, max_seq_length 256, DIR = a SmolLM2-shaped
+model folder), the lab's trainer:
+    course-padded      padded batches of 8 examples (the lab's default)
+    course-padfree     padding-free: the same 8 examples end to end in one row, no pad tokens
+    course-packed      packed: 8 rows, each filled with several whole examples up to 256 tokens (padding-free too)
+    any of them + -nockpt   without gradient checkpointing
+tokens/s is the median over the timed steps of (real, non-pad tokens of the step / the step's time).
 Data parallel (bench/run_multi_gpu.sh): lab-lora / lab-qlora under `accelerate launch --num_processes N`,
 backend from BENCH_BACKEND (default unsloth); tokens/s counts every process's batch.
 """
@@ -131,11 +135,12 @@ def run_lab(case, model_dir):
     from finetune_lab.models import load_for_training
     from finetune_lab.training import build_trainer, make_sft_config
     course = case.startswith("course-")
+    batching = case.split("-")[1] if course else "padded"
     method = "qlora" if case.endswith("qlora") else "lora"
     backend = os.environ.get("BENCH_BACKEND", "unsloth")
     cfg = TrainConfig(model=model_dir, method=method, backend=backend, rank=16, alpha=16 if not course else 32,
                       max_seq_length=256 if course else SEQ, learning_rate=2e-4,
-                      batch_size=8 if course else BS, padding_free=case.startswith("course-padfree"),
+                      batch_size=8 if course else BS, padding_free=batching == "padfree", packing=batching == "packed",
                       gradient_checkpointing=not case.endswith("-nockpt"),
                       output_dir="/tmp/bench-out", run_name=case)
     t0 = time.perf_counter()
@@ -174,10 +179,10 @@ def run(case, model_dir):
     import torch
     out = (run_lab if case.startswith(("lab-", "course-")) else run_raw)(case, model_dir)
     times = sorted(out["step_times"])
-    median = times[len(times) // 2]
+    rates = sorted(tokens / seconds for tokens, seconds in zip(out["tokens"], out["step_times"]))
     row = dict(case=case, steps=len(times), load_s=round(out["load_s"], 1),
-               start_to_first_step_s=round(out["first_step_at"] - START, 1), step_s_median=round(median, 4),
-               tokens_per_s=round(sum(out["tokens"]) / sum(out["step_times"])),
+               start_to_first_step_s=round(out["first_step_at"] - START, 1),
+               step_s_median=round(times[len(times) // 2], 4), tokens_per_s=round(rates[len(rates) // 2]),
                peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), trainable=out["trainable"],
                gpu=torch.cuda.get_device_name(), versions=versions())
     if case.startswith("course-"):
@@ -211,15 +216,16 @@ def table(results_path, out_path):
         ratio = (lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b else "-")
         lines.append(f"| {case} | {r['tokens_per_s']:,} | {r['peak_gib']} | {r['start_to_first_step_s']} "
                      f"| {ratio(r, us, 'tokens_per_s')} | {ratio(r, us, 'peak_gib')} | {ratio(r, hf, 'tokens_per_s')} |")
-    course = [c for c in ("course-padded", "course-padfree", "course-padded-nockpt", "course-padfree-nockpt")
-              if c in rows]
+    course = [f"course-{batching}{ckpt}" for ckpt in ("", "-nockpt") for batching in ("padded", "padfree", "packed")]
+    course = [c for c in course if c in rows]
     if "course-padded" in course:
         base = rows["course-padded"]["tokens_per_s"]
         lines += ["", "Course dataset (50 short examples, SmolLM2-135M shape, batch 8, the lab's trainer, Unsloth; "
                   "-nockpt: gradient checkpointing off):", "",
-                  "| case | effective (non-pad) tokens/s | peak GiB | start to 1st step (s) | vs padded default |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {c} | {rows[c]['tokens_per_s']:,} | {rows[c]['peak_gib']} | {rows[c]['start_to_first_step_s']} "
+                  "| case | effective (non-pad) tokens/s | real tokens per step | step s (median) | peak GiB "
+                  "| start to 1st step (s) | vs padded default |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {c} | {rows[c]['tokens_per_s']:,} | {rows[c]['nonpad_tokens_per_step']} "
+                  f"| {rows[c]['step_s_median']} | {rows[c]['peak_gib']} | {rows[c]['start_to_first_step_s']} "
                   f"| {rows[c]['tokens_per_s'] / base:.2f}x |" for c in course]
     text = "\n".join(lines) + "\n"
     print(text)

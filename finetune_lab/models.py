@@ -92,9 +92,6 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
         # Several processes (accelerate launch): transformers + PEFT, which DDP supports without caveats;
         # Unsloth's own multi-GPU mode is opt-in (--backend unsloth).
         backend = "unsloth" if cuda and unsloth_installed() and world_size() == 1 else "transformers"
-    if cfg.padding_free and backend != "unsloth":
-        raise ConfigError("padding-free batches need the unsloth backend (its attention keeps examples apart); "
-                          "drop --padding_free here")
     which = f", rank {rank()} of {world_size()}" if world_size() > 1 else ""
     if not cuda:
         return BackendChoice(backend, "cpu" + which, "float32", cfg.method)

@@ -71,10 +71,14 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         lr_scheduler_type="linear",
         warmup_steps=2,
         weight_decay=0.0,
-        # Padding-free batches are not truncated by TRL (max_length must be None there); the lab warns instead.
-        max_length=None if cfg.padding_free else cfg.max_seq_length,
+        # Padding-free batches without packing are not truncated by TRL (it needs max_length=None there); the lab
+        # warns instead. Packing cuts each row at max_length, truncating an example only if it alone is longer.
+        max_length=None if cfg.padding_free and not cfg.packing else cfg.max_seq_length,
         completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
-        padding_free=cfg.padding_free,
+        padding_free=cfg.padding_free or cfg.packing,
+        packing=cfg.packing,
+        # best-fit decreasing: whole examples per row, never one cut across two rows
+        packing_strategy="bfd",
         # Gradient checkpointing is switched on by models.add_adapter (Unsloth has its own variant).
         gradient_checkpointing=False,
         bf16=on_gpu and choice.dtype == "bfloat16",
@@ -269,7 +273,8 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         dataset.examples = dataset.examples[:cfg.limit_examples]
     model, tokenizer, choice = load_for_training(cfg, lora_config)
     if is_main_process():
-        print(f"[finetune_lab] effective batch size {cfg.batch_size * cfg.grad_accum * world_size()} = "
+        unit = f"rows of up to {cfg.max_seq_length} packed tokens" if cfg.packing else "examples"
+        print(f"[finetune_lab] effective batch size {cfg.batch_size * cfg.grad_accum * world_size()} {unit} = "
               f"{cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
     warnings = list(dataset.warnings)
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
@@ -277,8 +282,8 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
                           "so every answer would be cut short or lost; raise --max_seq_length")
     if too_long:
-        fate = "kept whole (padding-free batches are not truncated)" if cfg.padding_free else \
-            "truncated (their end is cut)"
+        fate = "kept whole (padding-free batches are not truncated)" if cfg.padding_free and not cfg.packing \
+            else "truncated (their end is cut)"
         warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
                         "raise --max_seq_length to cover them")
     for warning in warnings:

@@ -5,7 +5,8 @@ Who it is for: maintainers checking that TinyLlama-1.1B-Chat and StableLM-2-Zeph
 Unsloth and through transformers + PEFT, on a machine without hub access (weights are random, built from
 each preset's config by finetune_lab.shapes; the tokenizer is a toy one with the Zephyr chat template).
 How to run, from the repository root:   python scripts/check_presets.py [OUT_DIR]
-(PRESETS="tinyllama-1.1b-chat" limits the presets; each runs LoRA and QLoRA on both backends.)
+(PRESETS="tinyllama-1.1b-chat" limits the presets; each runs LoRA and QLoRA on both backends, or the
+COMBOS given, e.g. COMBOS="unsloth:qlora transformers:qlora".)
 Prints one JSON line per (preset, backend, method): exit code, steps, first/last loss, seconds.
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ def main(out: Path) -> int:
         model_dir = Path("/tmp/preset-shapes") / preset
         if not (model_dir / "config.json").exists():
             build_preset_shape(preset, model_dir)
-        for backend, method in COMBOS:
+        combos = [tuple(c.split(":")) for c in os.environ["COMBOS"].split()] if os.environ.get("COMBOS") else COMBOS
+        for backend, method in combos:
             run_name = f"{preset}-{backend}-{method}"
             start = time.perf_counter()
             done = subprocess.run([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),

@@ -69,8 +69,3 @@ def test_cli_prints_one_line_errors_and_writes_nothing(tmp_path, args, message):
     assert done.returncode == 2
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
-
-
-def test_padding_free_needs_the_unsloth_backend():
-    with pytest.raises(ConfigError, match="padding-free batches need the unsloth backend"):
-        choose_backend(TrainConfig(padding_free=True, backend="transformers"))

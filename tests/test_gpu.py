@@ -2,6 +2,7 @@
 
 The CLI trains the embedded SmolLM2 with LoRA and QLoRA through both backends (Unsloth, transformers + PEFT +
 bitsandbytes); each run must learn, save, and reload with the same greedy answers, on the GPU and on the CPU.
+Unsloth's padding-free and packed batches must give the padded batches' loss (no example sees another).
 """
 import importlib.util
 import json
@@ -13,6 +14,7 @@ from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
 from finetune_lab.models import cuda_available
+from test_training import padded_flat_and_mixed_losses
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU: run on a GPU machine "
@@ -47,3 +49,13 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     model, tokenizer, _ = load_checkpoint(run, device="cpu")   # a GPU checkpoint reloads on a CPU
     on_cpu = generate(model, tokenizer, prompts[:3], max_new_tokens=96)
     assert sum(bool(same_program(a, s["reference"])) for a, s in zip(on_cpu, samples)) >= 2
+
+
+@pytest.mark.parametrize("batching", ["padding_free", "packing"])
+def test_unsloth_padding_free_and_packed_batches_keep_examples_apart(tmp_path, base_model_dir, batching):
+    if not HAS["unsloth"]:
+        pytest.skip("unsloth is not installed (pip install -r requirements-gpu.txt)")
+    padded, flat, mixed = padded_flat_and_mixed_losses(tmp_path, batching, backend="unsloth")
+    print(json.dumps({"batching": batching, "padded": padded, "flat": flat, "mixed": mixed}))
+    assert flat == pytest.approx(padded, rel=2e-2)   # bf16: the sums run in another order
+    assert abs(mixed - padded) > 5 * abs(flat - padded)

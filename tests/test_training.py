@@ -1,4 +1,5 @@
-"""finetune_lab.training on the real embedded model: prompt masking, EOS, determinism, Ctrl-C and --resume."""
+"""finetune_lab.training on the real embedded model: prompt masking, EOS, padding-free and packed batches,
+determinism, Ctrl-C and --resume."""
 import json
 
 import pytest
@@ -8,7 +9,7 @@ from conftest import REPO
 from finetune_lab.config import quick_config
 from finetune_lab.data import load_jsonl
 from finetune_lab.models import CHATML_END, load_for_training
-from finetune_lab.training import TrainingInterrupted, build_trainer, run_lab
+from finetune_lab.training import TrainingInterrupted, build_trainer, make_sft_config, run_lab
 
 pytestmark = pytest.mark.slow
 DATA = str(REPO / "data" / "course_train.jsonl")
@@ -38,6 +39,53 @@ def test_prompt_tokens_are_masked_and_the_answer_ends_with_eos(tmp_path, base_mo
         prompt = tokenizer.decode(ids[: trained.nonzero()[0].item()])
         assert example.user_text in prompt and prompt.rstrip().endswith("assistant")
         assert trained.sum() < len(ids) / 2
+
+
+def padded_flat_and_mixed_losses(tmp_path, batching, **config):
+    """The loss of the same 8 course examples in padded batches, in `batching` (padding_free or packing) batches,
+    and in the flat row without its position ids, where the examples attend to each other."""
+    import torch
+    padded_cfg = short_config(tmp_path, "padded", max_seq_length=256, **config)
+    model, tokenizer, choice = load_for_training(padded_cfg, verbose=False)
+    model.eval()
+    dataset = load_jsonl(DATA, padded_cfg.system_prompt)
+    dataset.examples = dataset.examples[:8]
+    padded = build_trainer(model, tokenizer, dataset, padded_cfg, choice, tmp_path / "padded")
+    flat_cfg = padded_cfg.replace(**{batching: True})
+    flat = build_trainer(model, tokenizer, dataset, flat_cfg, choice, tmp_path / "flat",
+                         make_sft_config(flat_cfg, choice, tmp_path / "flat"))
+    rows = [flat.train_dataset[i] for i in range(len(flat.train_dataset))]
+    if batching == "packing":   # several whole examples per row, none cut
+        assert len(rows) < 8 and sorted(n for row in rows for n in row["seq_lengths"]) == sorted(
+            len(padded.train_dataset[i]["input_ids"]) for i in range(8))
+    padded_batch = padded.data_collator([padded.train_dataset[i] for i in range(8)])
+    flat_batch = flat.data_collator(rows)
+    # One row, no pad token, positions restarting at every example.
+    assert flat_batch["input_ids"].shape[0] == 1 and "attention_mask" not in flat_batch
+    assert flat_batch["input_ids"].numel() == padded_batch["attention_mask"].sum()
+    assert int((flat_batch["position_ids"] == 0).sum()) == 8
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        padded_loss = model(**{k: v.to(device) for k, v in padded_batch.items()}).loss.item()
+        flat_loss = model(**{k: v.to(device) for k, v in flat_batch.items()}).loss.item()
+        mixed_loss = model(input_ids=flat_batch["input_ids"].to(device), labels=flat_batch["labels"].to(device)).loss.item()
+    return padded_loss, flat_loss, mixed_loss
+
+
+@pytest.mark.parametrize("batching", ["padding_free", "packing"])
+def test_padding_free_and_packed_batches_keep_examples_apart_so_the_loss_is_the_padded_one(
+        tmp_path, base_model_dir, batching):
+    padded, flat, mixed = padded_flat_and_mixed_losses(tmp_path, batching)
+    assert flat == pytest.approx(padded, rel=1e-4)
+    # The loss this test would catch if the examples saw each other:
+    assert abs(mixed - padded) > 100 * abs(flat - padded) + 1e-3
+
+
+def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path, base_model_dir):
+    lab = run_lab(short_config(tmp_path, "packed", packing=True, max_seq_length=256), max_new_tokens=16)
+    # 8 examples packed into 256-token rows fill one batch of 4 rows: one step per epoch instead of two.
+    assert lab.result.history[0]["epoch"] == 1 and lab.result.steps == 6
+    assert lab.result.losses[-1] < lab.result.losses[0] / 2
 
 
 @pytest.fixture(scope="module")

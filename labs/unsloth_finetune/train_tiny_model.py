@@ -43,7 +43,9 @@ HELP = {
     "batch_size": "examples per device per step",
     "learning_rate": "peak learning rate (linear decay)",
     "max_steps": "stop after this many optimizer steps (> 0)",
-    "padding_free": "batches without pad tokens (unsloth backend only)",
+    "padding_free": "batches without pad tokens (examples end to end, attention kept per example)",
+    "packing": "fill each row with several whole examples up to --max_seq_length: more tokens per step, "
+               "fewer steps per epoch",
     "output_dir": "folder that holds run folders",
     "run_name": "name of this run's folder under --output_dir",
 }
