@@ -43,7 +43,8 @@ def test_prompt_tokens_are_masked_and_the_answer_ends_with_eos(tmp_path, base_mo
 
 def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     """The loss of the same 8 course examples in padded batches, in `batching` (padding_free or packing) batches,
-    and in the flat row without its position ids, where the examples attend to each other."""
+    and in the flat row without its position ids, where the examples attend to each other; and the flat trainer's
+    dataset rows (TRL packs them ahead of training; Unsloth leaves 8 rows and packs as it collates)."""
     import torch
     padded_cfg = short_config(tmp_path, "padded", max_seq_length=256, **config)
     model, tokenizer, choice = load_for_training(padded_cfg, verbose=False)
@@ -55,9 +56,6 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     flat = build_trainer(model, tokenizer, dataset, flat_cfg, choice, tmp_path / "flat",
                          make_sft_config(flat_cfg, choice, tmp_path / "flat"))
     rows = [flat.train_dataset[i] for i in range(len(flat.train_dataset))]
-    if batching == "packing":   # several whole examples per row, none cut
-        assert len(rows) < 8 and sorted(n for row in rows for n in row["seq_lengths"]) == sorted(
-            len(padded.train_dataset[i]["input_ids"]) for i in range(8))
     padded_batch = padded.data_collator([padded.train_dataset[i] for i in range(8)])
     flat_batch = flat.data_collator(rows)
     # One row, no pad token, positions restarting at every example.
@@ -69,13 +67,15 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
         padded_loss = model(**{k: v.to(device) for k, v in padded_batch.items()}).loss.item()
         flat_loss = model(**{k: v.to(device) for k, v in flat_batch.items()}).loss.item()
         mixed_loss = model(input_ids=flat_batch["input_ids"].to(device), labels=flat_batch["labels"].to(device)).loss.item()
-    return padded_loss, flat_loss, mixed_loss
+    return padded_loss, flat_loss, mixed_loss, rows
 
 
 @pytest.mark.parametrize("batching", ["padding_free", "packing"])
 def test_padding_free_and_packed_batches_keep_examples_apart_so_the_loss_is_the_padded_one(
         tmp_path, base_model_dir, batching):
-    padded, flat, mixed = padded_flat_and_mixed_losses(tmp_path, batching)
+    padded, flat, mixed, rows = padded_flat_and_mixed_losses(tmp_path, batching)
+    if batching == "packing":   # several whole examples per row, none of them cut
+        assert len(rows) < 8 and sum(len(row["seq_lengths"]) for row in rows) == 8
     assert flat == pytest.approx(padded, rel=1e-4)
     # The loss this test would catch if the examples saw each other:
     assert abs(mixed - padded) > 100 * abs(flat - padded) + 1e-3
