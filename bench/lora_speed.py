@@ -15,7 +15,9 @@ median of STEPS steps after WARM warm-up steps):
     us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
     lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
 Cases on the course dataset (data/course_train.jsonl, batch 8, max_seq_length 256, DIR = a SmolLM2-shaped
-model folder), the lab's trainer:
+model folder, COURSE_STEPS timed steps, default 28), the lab's trainer; these also run on a CPU (backend
+transformers), e.g. on the embedded model itself:
+    python bench/lora_speed.py run course-packed ~/.cache/finetune_lab/models/smollm2-135m-instruct
     course-padded      padded batches of 8 examples (the lab's default)
     course-padfree     padding-free: the same 8 examples end to end in one row, no pad tokens
     course-packed      packed: 8 rows, each filled with several whole examples up to 256 tokens (padding-free too)
@@ -94,8 +96,29 @@ def run_raw(case, model_dir):
                 trainable=sum(p.numel() for p in params))
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def _sync():
+    """Wait for the GPU's queued work, so a step's time is its real time (a CPU runs synchronously)."""
+    import torch
+    if _cuda():
+        torch.cuda.synchronize()
+
+
+def _peak_gib() -> float:
+    """Peak GPU memory of this process, or on a CPU its peak resident memory."""
+    import resource
+    import torch
+    if _cuda():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class StepClock:
-    """Times each optimizer step on the GPU and counts the real (non-pad) tokens of each batch."""
+    """Times each optimizer step and counts the real (non-pad) tokens of each batch."""
 
     def __init__(self):
         from transformers import TrainerCallback
@@ -105,16 +128,15 @@ class StepClock:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 import torch
-                torch.cuda.reset_peak_memory_stats()
+                if _cuda():
+                    torch.cuda.reset_peak_memory_stats()
 
             def on_step_begin(self, args, state, control, **kwargs):
-                import torch
-                torch.cuda.synchronize()
+                _sync()
                 clock._start = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
-                import torch
-                torch.cuda.synchronize()
+                _sync()
                 clock.first_step_at = clock.first_step_at or time.perf_counter()
                 clock.times.append(time.perf_counter() - clock._start)
 
@@ -137,7 +159,7 @@ def run_lab(case, model_dir):
     course = case.startswith("course-")
     batching = case.split("-")[1] if course else "padded"
     method = "qlora" if case.endswith("qlora") else "lora"
-    backend = os.environ.get("BENCH_BACKEND", "unsloth")
+    backend = os.environ.get("BENCH_BACKEND", "unsloth" if _cuda() else "transformers")
     cfg = TrainConfig(model=model_dir, method=method, backend=backend, rank=16, alpha=16 if not course else 32,
                       max_seq_length=256 if course else SEQ, learning_rate=2e-4,
                       batch_size=8 if course else BS, padding_free=batching == "padfree", packing=batching == "packed",
@@ -148,7 +170,7 @@ def run_lab(case, model_dir):
     load_s = time.perf_counter() - t0
     if course:
         dataset = load_jsonl(os.path.join(REPO, "data", "course_train.jsonl"), cfg.system_prompt)
-        steps = WARM + max(STEPS, 28)
+        steps = WARM + int(os.environ.get("COURSE_STEPS", 28))
     else:
         import torch
         from datasets import Dataset as HFDataset
@@ -171,8 +193,9 @@ def run_lab(case, model_dir):
 
 def versions() -> str:
     import importlib.metadata as md
-    return ", ".join(f"{name} {md.version(name)}" for name in ("torch", "transformers", "trl", "peft", "unsloth",
-                                                                  "bitsandbytes"))
+    names = ("torch", "transformers", "trl", "peft", "unsloth", "bitsandbytes")
+    installed = {dist.metadata["Name"].lower() for dist in md.distributions()}
+    return ", ".join(f"{name} {md.version(name)}" for name in names if name in installed)
 
 
 def run(case, model_dir):
@@ -183,11 +206,13 @@ def run(case, model_dir):
     row = dict(case=case, steps=len(times), load_s=round(out["load_s"], 1),
                start_to_first_step_s=round(out["first_step_at"] - START, 1),
                step_s_median=round(times[len(times) // 2], 4), tokens_per_s=round(rates[len(rates) // 2]),
-               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), trainable=out["trainable"],
-               gpu=torch.cuda.get_device_name(), versions=versions())
+               peak_gib=round(_peak_gib(), 2), trainable=out["trainable"],
+               gpu=torch.cuda.get_device_name() if _cuda() else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+               versions=versions())
     if case.startswith("course-"):
         row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
-    row.update(processes=int(os.environ.get("WORLD_SIZE", "1")), backend=os.environ.get("BENCH_BACKEND", "unsloth")
+    row.update(processes=int(os.environ.get("WORLD_SIZE", "1")),
+               backend=os.environ.get("BENCH_BACKEND", "unsloth" if _cuda() else "transformers")
                if case.startswith(("lab-", "course-")) else case.split("-")[0])
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(row), flush=True)
@@ -203,14 +228,15 @@ def table(results_path, out_path):
     first = next(iter(rows.values())) if rows else {}
     versions = first.get("versions", "versions: see the run's log")
     lines = [f"# LoRA / QLoRA training throughput on {first.get('gpu', '?')}", "",
-             f"{versions}. TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, "
-             f"r=16 on all 7 projections, gradient checkpointing, fused AdamW, median of {STEPS} steps after "
-             f"{WARM} warm-up steps; one process per case, all in one run on one card.", "",
-             "| case | tokens/s | peak GiB | start to 1st step (s) | vs raw Unsloth tokens/s | vs raw Unsloth memory "
-             "| vs transformers+PEFT tokens/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for case in ("hf-lora", "us-lora", "lab-lora", "hf-qlora", "us-qlora", "lab-qlora"):
-        if case not in rows:
-            continue
+             f"{versions}. One process per case, all in one run on one machine; tokens/s is the median over the "
+             f"timed steps (after {WARM} warm-up steps) of the step's real tokens / the step's time."]
+    synthetic = [c for c in ("hf-lora", "us-lora", "lab-lora", "hf-qlora", "us-qlora", "lab-qlora") if c in rows]
+    if synthetic:
+        lines += ["", f"TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, r=16 on all 7 projections, "
+                  f"gradient checkpointing, fused AdamW, {STEPS} timed steps.", "",
+                  "| case | tokens/s | peak GiB | start to 1st step (s) | vs raw Unsloth tokens/s | vs raw Unsloth memory "
+                  "| vs transformers+PEFT tokens/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for case in synthetic:
         r, kind = rows[case], case.split("-")[1]
         us, hf = rows.get(f"us-{kind}"), rows.get(f"hf-{kind}")
         ratio = (lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b else "-")
@@ -220,7 +246,8 @@ def table(results_path, out_path):
     course = [c for c in course if c in rows]
     if "course-padded" in course:
         base = rows["course-padded"]["tokens_per_s"]
-        lines += ["", "Course dataset (50 short examples, SmolLM2-135M shape, batch 8, the lab's trainer, Unsloth; "
+        lines += ["", f"Course dataset (50 short examples, SmolLM2-135M, batch 8, max_seq_length 256, the lab's trainer, "
+                  f"backend {rows['course-padded']['backend']}, {rows['course-padded']['steps']} timed steps; "
                   "-nockpt: gradient checkpointing off):", "",
                   "| case | effective (non-pad) tokens/s | real tokens per step | step s (median) | peak GiB "
                   "| start to 1st step (s) | vs padded default |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
