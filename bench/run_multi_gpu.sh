@@ -3,6 +3,7 @@
 # `accelerate launch` (DDP), plus the CLI itself on N GPUs (one writer, global loss, effective batch).
 # Who it is for: instructors with a multi-GPU machine. From the repository root:
 #     bash bench/run_multi_gpu.sh [OUT_DIR] [N]          # N defaults to every visible GPU
+#     BACKENDS=transformers bash bench/run_multi_gpu.sh   # the scaling cases of one backend only
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results/multi}
@@ -13,7 +14,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 launch() { accelerate launch --num_processes "$1" --num_machines 1 --mixed_precision no --dynamo_backend no "${@:2}"; }
 [ -d /tmp/bench-models/tinyllama ] || python3 bench/lora_speed.py make-tinyllama /tmp/bench-models/tinyllama
 : > "$out/scaling.jsonl"
-for backend in ${BACKENDS:-transformers}; do
+for backend in ${BACKENDS:-transformers unsloth}; do
   for case in lab-lora lab-qlora; do
     for procs in 1 "$n"; do
       # one process must see one GPU, or Trainer falls back to nn.DataParallel (which TRL refuses)
@@ -25,8 +26,11 @@ for backend in ${BACKENDS:-transformers}; do
   done
 done
 python3 bench/lora_speed.py scaling "$out/scaling.jsonl" "$out/scaling.md"
-launch "$n" labs/unsloth_finetune/train_tiny_model.py --model /tmp/bench-models/tinyllama --backend transformers \
-  --test_mode --max_steps 6 --max_seq_length 512 --output_dir /tmp/ddp-runs --run_name ddp --overwrite \
-  > "$out/cli_ddp.log" 2>&1
-echo "CLI on $n GPUs: exit $?; run folders: $(ls /tmp/ddp-runs 2>/dev/null | tr '\n' ' ')"
-grep -E "effective_batch_size|steps:|first_loss|last_loss|backend=" "$out/cli_ddp.log" | sort | uniq -c
+# The CLI itself on N GPUs, LoRA and QLoRA: one run folder, the effective batch size, the global loss.
+for method in lora qlora; do
+  launch "$n" labs/unsloth_finetune/train_tiny_model.py --model /tmp/bench-models/tinyllama --backend transformers \
+    --method $method --test_mode --max_steps 6 --max_seq_length 512 --output_dir /tmp/ddp-runs \
+    --run_name ddp-$method --overwrite > "$out/cli_ddp_$method.log" 2>&1
+  echo "CLI $method on $n GPUs: exit $?; run folders: $(ls /tmp/ddp-runs 2>/dev/null | tr '\n' ' ')"
+  grep -E "effective batch size|steps:|first_loss|last_loss|backend=" "$out/cli_ddp_$method.log" | sort | uniq -c
+done
