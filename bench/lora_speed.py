@@ -40,6 +40,8 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from finetune_lab.models import cuda_available  # noqa: E402  (light: the libraries it wraps load on first use)
+
 
 def raw_model(case, model_dir):
     import torch
@@ -96,25 +98,16 @@ def run_raw(case, model_dir):
                 trainable=sum(p.numel() for p in params))
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 def _sync():
     """Wait for the GPU's queued work, so a step's time is its real time (a CPU runs synchronously)."""
     import torch
-    if _cuda():
+    if cuda_available():
         torch.cuda.synchronize()
 
 
-def _peak_gib() -> float:
-    """Peak GPU memory of this process, or on a CPU its peak resident memory."""
-    import resource
-    import torch
-    if _cuda():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def lab_backend() -> str:
+    """The backend of the lab's cases: BENCH_BACKEND, else Unsloth on a GPU and transformers on a CPU."""
+    return os.environ.get("BENCH_BACKEND", "unsloth" if cuda_available() else "transformers")
 
 
 class StepClock:
@@ -128,7 +121,7 @@ class StepClock:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 import torch
-                if _cuda():
+                if cuda_available():
                     torch.cuda.reset_peak_memory_stats()
 
             def on_step_begin(self, args, state, control, **kwargs):
@@ -159,7 +152,7 @@ def run_lab(case, model_dir):
     course = case.startswith("course-")
     batching = case.split("-")[1] if course else "padded"
     method = "qlora" if case.endswith("qlora") else "lora"
-    backend = os.environ.get("BENCH_BACKEND", "unsloth" if _cuda() else "transformers")
+    backend = lab_backend()
     cfg = TrainConfig(model=model_dir, method=method, backend=backend, rank=16, alpha=16 if not course else 32,
                       max_seq_length=256 if course else SEQ, learning_rate=2e-4,
                       batch_size=8 if course else BS, padding_free=batching == "padfree", packing=batching == "packed",
@@ -200,20 +193,20 @@ def versions() -> str:
 
 def run(case, model_dir):
     import torch
+    from finetune_lab.training import peak_memory_mb
     out = (run_lab if case.startswith(("lab-", "course-")) else run_raw)(case, model_dir)
     times = sorted(out["step_times"])
     rates = sorted(tokens / seconds for tokens, seconds in zip(out["tokens"], out["step_times"]))
     row = dict(case=case, steps=len(times), load_s=round(out["load_s"], 1),
                start_to_first_step_s=round(out["first_step_at"] - START, 1),
                step_s_median=round(times[len(times) // 2], 4), tokens_per_s=round(rates[len(rates) // 2]),
-               peak_gib=round(_peak_gib(), 2), trainable=out["trainable"],
-               gpu=torch.cuda.get_device_name() if _cuda() else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+               peak_gib=round(peak_memory_mb() / 1024, 2), trainable=out["trainable"],
+               gpu=torch.cuda.get_device_name() if cuda_available() else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
                versions=versions())
     if case.startswith("course-"):
         row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
     row.update(processes=int(os.environ.get("WORLD_SIZE", "1")),
-               backend=os.environ.get("BENCH_BACKEND", "unsloth" if _cuda() else "transformers")
-               if case.startswith(("lab-", "course-")) else case.split("-")[0])
+               backend=lab_backend() if case.startswith(("lab-", "course-")) else case.split("-")[0])
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(row), flush=True)
 

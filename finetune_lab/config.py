@@ -81,6 +81,12 @@ class TrainConfig:
         if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.startswith("."):
             raise ConfigError(f"run_name {self.run_name!r} must be a plain folder name (no slashes, no leading dot)")
 
+    @property
+    def truncates_long_examples(self) -> bool:
+        """Whether examples longer than max_seq_length are cut: always, except in padding-free batches without
+        packing, which TRL lays out whole (it needs max_length=None there)."""
+        return self.packing or not self.padding_free
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

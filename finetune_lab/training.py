@@ -39,7 +39,7 @@ class TrainResult:
         return [h["loss"] for h in self.history if "loss" in h]
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     """Peak GPU memory of this process, or on a CPU its peak resident memory (RAM)."""
     import torch
     if torch.cuda.is_available():
@@ -71,9 +71,9 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         lr_scheduler_type="linear",
         warmup_steps=2,
         weight_decay=0.0,
-        # Padding-free batches without packing are not truncated by TRL (it needs max_length=None there); the lab
-        # warns instead. Packing cuts each row at max_length, truncating an example only if it alone is longer.
-        max_length=None if cfg.padding_free and not cfg.packing else cfg.max_seq_length,
+        # Packing cuts each row at max_length, truncating an example only if it alone is longer; padding-free
+        # batches without packing keep examples whole (the lab warns about long ones instead).
+        max_length=cfg.max_seq_length if cfg.truncates_long_examples else None,
         completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
         padding_free=cfg.padding_free or cfg.packing,
         packing=cfg.packing,
@@ -181,7 +181,7 @@ def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendC
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
                                   f"{where}. Run the same command with --resume to continue.") from None
     seconds = time.perf_counter() - start
-    peak = _peak_memory_mb()
+    peak = peak_memory_mb()
     history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
                for row in trainer.state.log_history if "loss" in row]
     trainable, total = count_parameters(model)
@@ -282,8 +282,8 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
         raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
                           "so every answer would be cut short or lost; raise --max_seq_length")
     if too_long:
-        fate = "kept whole (padding-free batches are not truncated)" if cfg.padding_free and not cfg.packing \
-            else "truncated (their end is cut)"
+        fate = "truncated (their end is cut)" if cfg.truncates_long_examples else \
+            "kept whole (padding-free batches are not truncated)"
         warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
                         "raise --max_seq_length to cover them")
     for warning in warnings:
