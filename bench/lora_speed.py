@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -205,24 +206,46 @@ def run(case, model_dir):
                versions=versions())
     if case.startswith("course-"):
         row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
+    if os.environ.get("BENCH_LABEL"):   # a variant of a case, e.g. run under another backend or Unsloth setting
+        row["label"] = os.environ["BENCH_LABEL"]
     row.update(processes=int(os.environ.get("WORLD_SIZE", "1")),
                backend=lab_backend() if case.startswith(("lab-", "course-")) else case.split("-")[0])
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(row), flush=True)
 
 
-def table(results_path, out_path):
-    rows = {}
+def load_runs(results_path):
+    """Result rows by name (the case, plus its BENCH_LABEL in brackets), one row per name: a case that ran several
+    times (bench/run_side_by_side.sh) gets the median of its runs' tokens/s and peak memory, with their range."""
+    runs = {}
     for line in open(results_path):
         if line.startswith('{"'):   # the trainer's own log lines are Python dicts ({'loss': ...}), not JSON
             row = json.loads(line)
             if "case" in row:
-                rows[row["case"]] = row
+                runs.setdefault(row["case"] + (f" ({row['label']})" if row.get("label") else ""), []).append(row)
+    rows = {}
+    for name, same in runs.items():
+        row = dict(same[0], runs=len(same), tokens_range=(min(r["tokens_per_s"] for r in same),
+                                                          max(r["tokens_per_s"] for r in same)))
+        row["tokens_per_s"] = round(statistics.median(r["tokens_per_s"] for r in same))
+        row["peak_gib"] = round(statistics.median(r["peak_gib"] for r in same), 2)
+        rows[name] = row
+    return rows
+
+
+def _rate(row) -> str:
+    low, high = row["tokens_range"]
+    return f"{row['tokens_per_s']:,}" + (f" ({row['runs']} runs, {low:,}-{high:,})" if row["runs"] > 1 else "")
+
+
+def table(results_path, out_path):
+    rows = load_runs(results_path)
     first = next(iter(rows.values())) if rows else {}
     versions = first.get("versions", "versions: see the run's log")
     lines = [f"# LoRA / QLoRA training throughput on {first.get('gpu', '?')}", "",
-             f"{versions}. One process per case, all in one run on one machine; tokens/s is the median over the "
-             f"timed steps (after {WARM} warm-up steps) of the step's real tokens / the step's time."]
+             f"{versions}. One process per case run; tokens/s is the median over the timed steps (after {WARM} "
+             "warm-up steps) of the step's real tokens / the step's time (of several runs: the median run, "
+             "with the range)."]
     synthetic = [c for c in ("hf-lora", "us-lora", "lab-lora", "hf-qlora", "us-qlora", "lab-qlora") if c in rows]
     if synthetic:
         lines += ["", f"TinyLlama-1.1B shape (random weights), batch {BS} x {SEQ} tokens, r=16 on all 7 projections, "
@@ -233,20 +256,20 @@ def table(results_path, out_path):
         r, kind = rows[case], case.split("-")[1]
         us, hf = rows.get(f"us-{kind}"), rows.get(f"hf-{kind}")
         ratio = (lambda a, b, k: f"{a[k] / b[k]:.2f}x" if a and b else "-")
-        lines.append(f"| {case} | {r['tokens_per_s']:,} | {r['peak_gib']} | {r['start_to_first_step_s']} "
+        lines.append(f"| {case} | {_rate(r)} | {r['peak_gib']} | {r['start_to_first_step_s']} "
                      f"| {ratio(r, us, 'tokens_per_s')} | {ratio(r, us, 'peak_gib')} | {ratio(r, hf, 'tokens_per_s')} |")
-    course = [f"course-{batching}{ckpt}" for ckpt in ("", "-nockpt") for batching in ("padded", "padfree", "packed")]
-    course = [c for c in course if c in rows]
+    course = sorted((name for name in rows if name.startswith("course-")),
+                    key=lambda name: (name != "course-padded", name))
     if "course-padded" in course:
-        base = rows["course-padded"]["tokens_per_s"]
+        base = rows["course-padded"]
         lines += ["", f"Course dataset (50 short examples, SmolLM2-135M, batch 8, max_seq_length 256, the lab's trainer, "
-                  f"backend {rows['course-padded']['backend']}, {rows['course-padded']['steps']} timed steps; "
+                  f"backend {base['backend']} unless the label says otherwise, {base['steps']} timed steps; "
                   "-nockpt: gradient checkpointing off):", "",
                   "| case | effective (non-pad) tokens/s | real tokens per step | step s (median) | peak GiB "
                   "| start to 1st step (s) | vs padded default |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        lines += [f"| {c} | {rows[c]['tokens_per_s']:,} | {rows[c]['nonpad_tokens_per_step']} "
+        lines += [f"| {c} | {_rate(rows[c])} | {rows[c]['nonpad_tokens_per_step']} "
                   f"| {rows[c]['step_s_median']} | {rows[c]['peak_gib']} | {rows[c]['start_to_first_step_s']} "
-                  f"| {rows[c]['tokens_per_s'] / base:.2f}x |" for c in course]
+                  f"| {rows[c]['tokens_per_s'] / base['tokens_per_s']:.2f}x |" for c in course]
     text = "\n".join(lines) + "\n"
     print(text)
     if out_path:

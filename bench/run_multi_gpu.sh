@@ -4,6 +4,7 @@
 # Who it is for: instructors with a multi-GPU machine. From the repository root:
 #     bash bench/run_multi_gpu.sh [OUT_DIR] [N]          # N defaults to every visible GPU
 #     BACKENDS=transformers bash bench/run_multi_gpu.sh   # the scaling cases of one backend only
+#     STAGES=cli bash bench/run_multi_gpu.sh OUT_DIR 2     # one stage only (stages: scaling cli)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results/multi}
@@ -13,6 +14,8 @@ mkdir -p "$out" /tmp/bench-models
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 launch() { accelerate launch --num_processes "$1" --num_machines 1 --mixed_precision no --dynamo_backend no "${@:2}"; }
 [ -d /tmp/bench-models/tinyllama ] || python3 bench/lora_speed.py make-tinyllama /tmp/bench-models/tinyllama
+stages=" ${STAGES:-scaling cli} "
+if [[ $stages == *" scaling "* ]]; then
 : > "$out/scaling.jsonl"
 for backend in ${BACKENDS:-transformers unsloth}; do
   for case in lab-lora lab-qlora; do
@@ -26,6 +29,8 @@ for backend in ${BACKENDS:-transformers unsloth}; do
   done
 done
 python3 bench/lora_speed.py scaling "$out/scaling.jsonl" "$out/scaling.md"
+fi
+[[ $stages == *" cli "* ]] || exit 0
 # The CLI itself on N GPUs, LoRA and QLoRA: one run folder, the effective batch size, the global loss.
 for method in lora qlora; do
   launch "$n" labs/unsloth_finetune/train_tiny_model.py --model /tmp/bench-models/tinyllama --backend transformers \
