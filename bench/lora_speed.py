@@ -23,6 +23,9 @@ transformers), e.g. on the embedded model itself:
     course-packed      packed: 8 rows, each filled with several whole examples up to 256 tokens (padding-free too)
     any of them + -nockpt   without gradient checkpointing
 tokens/s is the median over the timed steps of (real, non-pad tokens of the step / the step's time).
+BENCH_LABEL=TEXT marks a variant of a case in the table, e.g. BENCH_BACKEND=transformers BENCH_LABEL=transformers,
+or UNSLOTH_SDPA_PACKED_SEGMENTS=1 BENCH_LABEL="per-example attention" (Unsloth's own packed path, which the lab
+overrides for short batches). Two GPUs: bench/run_side_by_side.sh runs pairs of cases at the same time.
 Data parallel (bench/run_multi_gpu.sh): lab-lora / lab-qlora under `accelerate launch --num_processes N`,
 backend from BENCH_BACKEND (default unsloth); tokens/s counts every process's batch.
 """
