@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_lab.models import is_main_process
     if is_main_process():
         lab.print_summary()
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()   # under accelerate launch: NCCL warns of leaked resources on exit otherwise
     return 0
 
 
