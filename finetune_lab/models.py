@@ -103,11 +103,12 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     return BackendChoice(backend, where, dtype, cfg.method)
 
 
-# Unsloth attends over a packed (or padding-free) row with torch's varlen kernel where torch has one for grouped-query
+# Unsloth attends over a packed row with torch's varlen kernel where torch has one for grouped-query
 # attention (2.12+); on older torch it runs attention once per example in the row, ~30 small calls per layer for
 # the course's short examples, which made packing slower than padding on an H200 (0.94x). One dense block-diagonal
 # mask per row instead ran 2.47x the padded batches' real tokens/s (bench/results/h200x2-2026-11-28.md), at a cost
-# of heads x tokens^2 per layer, so it is used only while a batch holds at most this many tokens.
+# of heads x tokens^2 per layer, so it is used only while a batch holds at most this many tokens. Not for
+# padding-free batches without packing: they keep long examples whole, so their size has no such bound.
 DENSE_PACKED_MASK_MAX_TOKENS = 4096
 
 
@@ -122,8 +123,8 @@ def torch_varlen_has_gqa() -> bool:
 
 
 def use_dense_packed_mask(cfg: TrainConfig, choice: BackendChoice) -> bool:
-    """Whether Unsloth should mask a packed or padding-free batch with one dense block-diagonal mask."""
-    return (choice.backend == "unsloth" and (cfg.packing or cfg.padding_free)
+    """Whether Unsloth should mask a packed batch with one dense block-diagonal mask."""
+    return (choice.backend == "unsloth" and cfg.packing
             and cfg.batch_size * cfg.max_seq_length <= DENSE_PACKED_MASK_MAX_TOKENS and not torch_varlen_has_gqa())
 
 

@@ -100,8 +100,9 @@ def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_
     packed = TrainConfig(packing=True)                       # the course: 8 x 256 tokens per batch
     monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: False)     # torch 2.11, as on the GPU machine
     assert use_dense_packed_mask(packed, unsloth)
-    assert use_dense_packed_mask(packed.replace(packing=False, padding_free=True), unsloth)
     assert not use_dense_packed_mask(packed.replace(packing=False), unsloth)          # padded: no packed rows
+    # padding-free alone keeps long examples whole: a batch's tokens have no bound, so neither would the mask
+    assert not use_dense_packed_mask(packed.replace(packing=False, padding_free=True), unsloth)
     assert not use_dense_packed_mask(packed.replace(max_seq_length=2048), unsloth)    # 16k tokens: mask too big
     assert not use_dense_packed_mask(packed, BackendChoice("transformers", "cuda:0", "bfloat16", "lora"))
     monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: True)      # Unsloth's varlen path is better there
