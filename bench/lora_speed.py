@@ -217,15 +217,19 @@ def run(case, model_dir):
         print(json.dumps(row), flush=True)
 
 
+def result_rows(results_path):
+    """The benchmark's rows in a results file, skipping failure markers and the trainer's own log lines (Python
+    dicts such as {'loss': ...}, not JSON)."""
+    rows = (json.loads(line) for line in open(results_path) if line.startswith('{"'))
+    return [row for row in rows if "case" in row]
+
+
 def load_runs(results_path):
     """Result rows by name (the case, plus its BENCH_LABEL in brackets), one row per name: a case that ran several
     times (bench/run_side_by_side.sh) gets the median of its runs' tokens/s and peak memory, with their range."""
     runs = {}
-    for line in open(results_path):
-        if line.startswith('{"'):   # the trainer's own log lines are Python dicts ({'loss': ...}), not JSON
-            row = json.loads(line)
-            if "case" in row:
-                runs.setdefault(row["case"] + (f" ({row['label']})" if row.get("label") else ""), []).append(row)
+    for row in result_rows(results_path):
+        runs.setdefault(row["case"] + (f" ({row['label']})" if row.get("label") else ""), []).append(row)
     rows = {}
     for name, same in runs.items():
         row = dict(same[0], runs=len(same), tokens_range=(min(r["tokens_per_s"] for r in same),
@@ -282,8 +286,7 @@ def table(results_path, out_path):
 
 def scaling(results_path, out_path):
     """Tokens/s of the same per-GPU workload on 1 and N GPUs (data parallel), with the speed-up."""
-    rows = [json.loads(line) for line in open(results_path) if line.startswith('{"')]
-    rows = [r for r in rows if "case" in r]
+    rows = result_rows(results_path)
     lines = [f"# Data-parallel scaling on {rows[0]['gpu'] if rows else '?'} (accelerate launch, DDP)", "",
              f"TinyLlama-1.1B shape (random weights), {BS} x {SEQ} tokens per GPU per step, r=16 on all 7 "
              f"projections, gradient checkpointing; median step time of {STEPS} steps after {WARM} warm-up steps. "

@@ -28,11 +28,11 @@ COMBOS = [("unsloth", "lora"), ("transformers", "lora"), ("unsloth", "qlora"), (
 
 def main(out: Path) -> int:
     failures = 0
+    combos = [tuple(c.split(":")) for c in os.environ["COMBOS"].split()] if os.environ.get("COMBOS") else COMBOS
     for preset in os.environ.get("PRESETS", " ".join(PRESET_SHAPES)).split():
         model_dir = Path("/tmp/preset-shapes") / preset
         if not (model_dir / "config.json").exists():
             build_preset_shape(preset, model_dir)
-        combos = [tuple(c.split(":")) for c in os.environ["COMBOS"].split()] if os.environ.get("COMBOS") else COMBOS
         for backend, method in combos:
             run_name = f"{preset}-{backend}-{method}"
             start = time.perf_counter()

@@ -89,12 +89,6 @@ def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path,
     assert lab.result.losses[-1] < lab.result.losses[0] / 2
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, base_model_dir):
-    tmp = tmp_path_factory.mktemp("runs")
-    return run_lab(short_config(tmp, "straight"), max_new_tokens=16)
-
-
 def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_varlen_kernel(monkeypatch):
     unsloth = BackendChoice("unsloth", "cuda:0", "bfloat16", "lora")
     packed = TrainConfig(packing=True)                       # the course: 8 x 256 tokens per batch
@@ -107,6 +101,12 @@ def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_
     assert not use_dense_packed_mask(packed, BackendChoice("transformers", "cuda:0", "bfloat16", "lora"))
     monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: True)      # Unsloth's varlen path is better there
     assert not use_dense_packed_mask(packed, unsloth)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, base_model_dir):
+    tmp = tmp_path_factory.mktemp("runs")
+    return run_lab(short_config(tmp, "straight"), max_new_tokens=16)
 
 
 def test_same_seed_data_and_config_give_the_same_loss_history_on_cpu(tmp_path, uninterrupted):
