@@ -209,6 +209,11 @@ def run(case, model_dir):
                versions=versions())
     if case.startswith("course-"):
         row["nonpad_tokens_per_step"] = round(sum(out["tokens"]) / len(out["tokens"]))
+        if lab_backend() == "unsloth" and case.split("-")[1] in ("packed", "padfree"):
+            # read after training: the lab itself may have chosen it (finetune_lab.models.use_dense_packed_mask)
+            from finetune_lab.models import torch_varlen_has_gqa
+            row["packed_attention"] = ("one dense block mask" if os.environ.get("UNSLOTH_SDPA_PACKED_SEGMENTS") == "0"
+                                       else "varlen kernel" if torch_varlen_has_gqa() else "per example")
     if os.environ.get("BENCH_LABEL"):   # a variant of a case, e.g. run under another backend or Unsloth setting
         row["label"] = os.environ["BENCH_LABEL"]
     row.update(processes=int(os.environ.get("WORLD_SIZE", "1")),

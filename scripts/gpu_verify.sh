@@ -4,6 +4,8 @@
 # issue/PR notes. From the repository root:
 #     bash scripts/gpu_verify.sh [OUT_DIR]                 # all three stages (~20 minutes on an H100)
 #     STAGES="tests notebooks" bash scripts/gpu_verify.sh   # some of them
+#     TESTS_K="not unsloth" STAGES=tests bash scripts/gpu_verify.sh OUT   # some tests (pytest -k), e.g. one set
+#                                                                     # per card with CUDA_VISIBLE_DEVICES
 # 1. tests/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
 # 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
@@ -20,7 +22,7 @@ PY
 python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
 stages=" ${STAGES:-tests notebooks presets} "
 status=0
-[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu tests/test_gpu.py 2>&1 \
+[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/test_gpu.py 2>&1 \
   | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
   FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
