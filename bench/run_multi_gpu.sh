@@ -4,6 +4,7 @@
 # Who it is for: instructors with a multi-GPU machine. From the repository root:
 #     bash bench/run_multi_gpu.sh [OUT_DIR] [N]          # N defaults to every visible GPU
 #     BACKENDS=transformers bash bench/run_multi_gpu.sh   # the scaling cases of one backend only
+#     CASES=lab-qlora BACKENDS=unsloth STAGES=scaling bash bench/run_multi_gpu.sh OUT 2   # one case of one backend
 #     STAGES=cli bash bench/run_multi_gpu.sh OUT_DIR 2     # one stage only (stages: scaling cli)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ stages=" ${STAGES:-scaling cli} "
 if [[ $stages == *" scaling "* ]]; then
 : > "$out/scaling.jsonl"
 for backend in ${BACKENDS:-transformers unsloth}; do
-  for case in lab-lora lab-qlora; do
+  for case in ${CASES:-lab-lora lab-qlora}; do
     for procs in 1 "$n"; do
       # one process must see one GPU, or Trainer falls back to nn.DataParallel (which TRL refuses)
       visible=$([ "$procs" = 1 ] && echo 0 || seq -s, 0 $((procs - 1)))
