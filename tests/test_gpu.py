@@ -6,10 +6,13 @@ Unsloth's padding-free and packed batches must give the padded batches' loss (no
 """
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
@@ -51,11 +54,35 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     assert sum(bool(same_program(a, s["reference"])) for a, s in zip(on_cpu, samples)) >= 2
 
 
-@pytest.mark.parametrize("batching", ["padding_free", "packing"])
-def test_unsloth_padding_free_and_packed_batches_keep_examples_apart(tmp_path, base_model_dir, batching):
+# Unsloth's two ways to attend over a packed row on a torch without a grouped-query varlen kernel:
+# example by example (its default) and one dense block-diagonal mask (what the lab picks for short packed batches,
+# finetune_lab.models.use_dense_packed_mask). Unsloth reads the setting once, at import: each needs a fresh process.
+PACKED_ATTENTION = {"per example": "1", "one dense block mask": "0"}
+LOSSES_IN_A_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "tests")
+from test_training import padded_flat_and_mixed_losses
+padded, flat, mixed, _ = padded_flat_and_mixed_losses(Path(sys.argv[1]), sys.argv[2], backend="unsloth", model=sys.argv[3])
+print(json.dumps(dict(padded=padded, flat=flat, mixed=mixed)))
+"""
+
+
+def unsloth_batch_losses(tmp_path, batching, attention, model_dir):
+    """The padded, flat and mixed losses of padded_flat_and_mixed_losses, through Unsloth with `attention`."""
+    done = subprocess.run([sys.executable, "-c", LOSSES_IN_A_FRESH_PROCESS, str(tmp_path), batching, str(model_dir)],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "UNSLOTH_SDPA_PACKED_SEGMENTS": PACKED_ATTENTION[attention]})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("batching,attention", [("padding_free", "per example"), ("packing", "per example"),
+                                                ("packing", "one dense block mask")])
+def test_unsloth_padding_free_and_packed_batches_keep_examples_apart(tmp_path, base_model_dir, batching, attention):
     if not HAS["unsloth"]:
         pytest.skip("unsloth is not installed (pip install -r requirements-gpu.txt)")
-    padded, flat, mixed, _ = padded_flat_and_mixed_losses(tmp_path, batching, backend="unsloth")
-    print(json.dumps({"batching": batching, "padded": padded, "flat": flat, "mixed": mixed}))
-    assert flat == pytest.approx(padded, rel=2e-2)   # bf16: the sums run in another order
-    assert abs(mixed - padded) > 5 * abs(flat - padded)
+    losses = unsloth_batch_losses(tmp_path, batching, attention, base_model_dir)
+    print(json.dumps({"batching": batching, "attention": attention, **losses}))
+    assert losses["flat"] == pytest.approx(losses["padded"], rel=2e-2)   # bf16: the sums run in another order
+    assert abs(losses["mixed"] - losses["padded"]) > 5 * abs(losses["flat"] - losses["padded"])
