@@ -17,7 +17,6 @@ from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
 from finetune_lab.models import cuda_available
-from test_training import padded_flat_and_mixed_losses
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU: run on a GPU machine "
