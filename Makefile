@@ -1,9 +1,14 @@
 # Module 04 lab. Two commands (README.md):  make lab   and   make test
-# Everything installs itself into .venv; torch is the pinned CPU build (requirements.txt).
+# Everything installs itself into .venv; torch is pinned in requirements.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
+# A Linux laptop without a GPU: PyPI's torch for Linux is the CUDA build (gigabytes of NVIDIA libraries). Give
+# PyTorch's CPU wheel index to take the CPU build instead: make lab TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Off by default: machines that already find the CPU wheel (macOS, Windows, the course machines) never wait on it.
+TORCH_INDEX ?=
+TORCH_PIN   := $(shell grep -E '^torch==' requirements.txt | cut -d' ' -f1)
 
 .PHONY: setup model lab test clean-venv
 
@@ -12,6 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PIN))
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -122,10 +122,11 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .models import base_fingerprint, nf4_config, resolve_model
+    from .runtime import choose_dtype, gpu
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    dtype = getattr(torch, choose_dtype("auto", None if device == "cpu" else gpu()))
     tokenizer = AutoTokenizer.from_pretrained(run_dir)
     if not (run_dir / "adapter_config.json").exists():  # full fine-tuning saved the whole model
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype).to(device)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 METHODS = ("lora", "qlora", "full")
 BACKENDS = ("auto", "unsloth", "transformers")
+# auto: the card's native precision (finetune_lab.runtime.choose_dtype): bf16 on Ampere and newer, fp16 on older
+# cards such as Colab's T4, fp32 on a CPU.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 # All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
 # attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -30,6 +33,7 @@ class TrainConfig:
     data: str = "data/course_train.jsonl"
     method: str = "lora"                 # lora | qlora (4-bit base, CUDA only) | full
     backend: str = "auto"                # auto: unsloth on a CUDA GPU when installed, else transformers
+    dtype: str = "auto"                  # auto | bfloat16 | float16 | float32 (see DTYPES)
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -69,6 +73,8 @@ class TrainConfig:
             raise ConfigError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         positive = {"rank": self.rank, "alpha": self.alpha, "epochs": self.epochs, "batch_size": self.batch_size,
                     "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
                     "max_seq_length": self.max_seq_length, "save_steps": self.save_steps}

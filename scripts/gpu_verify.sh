@@ -6,6 +6,9 @@
 #     STAGES="tests notebooks" bash scripts/gpu_verify.sh   # some of them
 #     TESTS_K="not unsloth" STAGES=tests bash scripts/gpu_verify.sh OUT   # some tests (pytest -k), e.g. one set
 #                                                                     # per card with CUDA_VISIBLE_DEVICES
+#     T4=1 bash scripts/gpu_verify.sh OUT     # the same, with the card looking like Colab's T4 (fp16 only;
+#                                             # scripts/t4sim), as a Colab user's runs would go
+# 0. the preflight (python -m finetune_lab.doctor): versions, card, native bf16, dtype, memory estimate
 # 1. tests/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
 # 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
@@ -14,14 +17,16 @@ cd "$(dirname "$0")/.."
 out=${1:-gpu-verify}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+[[ ${T4:-0} == 1 ]] && export PYTHONPATH="$PWD/scripts/t4sim${PYTHONPATH:+:$PYTHONPATH}"
 python3 - <<'PY' | tee "$out/versions.txt"
 import torch, transformers, trl, peft, unsloth, bitsandbytes
 print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__} | "
       f"trl {trl.__version__} | peft {peft.__version__} | unsloth {unsloth.__version__} | bnb {bitsandbytes.__version__}")
 PY
 python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
-stages=" ${STAGES:-tests notebooks presets} "
+stages=" ${STAGES:-doctor tests notebooks presets} "
 status=0
+[[ $stages == *" doctor "* ]] && python3 -m finetune_lab.doctor 2>&1 | tee "$out/doctor.txt"
 [[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/test_gpu.py 2>&1 \
   | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
@@ -35,6 +40,8 @@ NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {
 errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 backend = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if "backend=" in o.get("text", "")]
 print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(errors)}, {backend[:1]}")
+for error in errors:
+    print(error.get("ename"), error.get("evalue", "")[:500])
 sys.exit(1 if errors else 0)
 PY
 done

@@ -17,6 +17,7 @@ from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
 from finetune_lab.models import cuda_available
+from finetune_lab.runtime import gpu, native_dtype
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU: run on a GPU machine "
@@ -37,6 +38,8 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
                    "--run_name", "gpu")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"backend={backend} device=cuda" in done.stdout and f"method={method}" in done.stdout
+    # bf16 on Ampere and newer, fp16 on a T4 (also under scripts/t4sim), whatever is_bf16_supported() says
+    assert f"dtype={native_dtype(gpu().capability)}" in done.stdout
     run = tmp_path / "gpu"
     losses = [h["loss"] for h in json.loads((run / "loss_history.json").read_text())]
     assert losses[-1] < 0.5 * losses[0]
@@ -45,7 +48,8 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     prompts = [s["messages"] for s in samples]
     model, tokenizer, _ = load_checkpoint(run, device="cuda")
     on_gpu = generate(model, tokenizer, prompts, max_new_tokens=96)
-    print(json.dumps({"backend": backend, "method": method, "losses": [losses[0], losses[-1]],
+    print(json.dumps({"backend": backend, "method": method, "dtype": native_dtype(gpu().capability),
+                      "losses": [losses[0], losses[-1]],
                       "reload_identical_on_gpu": on_gpu == [s["after"] for s in samples]}))
     assert sum(a == s["after"] for a, s in zip(on_gpu, samples)) >= 3
     model, tokenizer, _ = load_checkpoint(run, device="cpu")   # a GPU checkpoint reloads on a CPU

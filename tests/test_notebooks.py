@@ -37,11 +37,11 @@ def test_outputs_policy_only_checked_cells_keep_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_opening_cells_colab_install_then_versions_and_a_script_twin(path):
+def test_opening_cells_colab_install_then_the_preflight_and_a_script_twin(path):
     nb = nbformat.read(path, as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     assert '"google.colab" in sys.modules' in code[0] and REPO_URL in code[0]
-    assert "torch.__version__" in code[1] and "choose_backend" in code[1] and "ci_quick()" in code[1]
+    assert "preflight()" in code[1] and "ci_quick()" in code[1]
     assert (path.parent / TWINS[path.name]).exists()
 
 

@@ -37,6 +37,8 @@ HELP = {
     "data": "training JSONL (alpaca, chat or prompt/completion schema)",
     "method": "lora | qlora (4-bit base, CUDA only) | full",
     "backend": "auto | unsloth | transformers",
+    "dtype": "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on older cards such as "
+             "Colab's T4, fp32 on a CPU",
     "rank": "LoRA rank r: capacity of the adapter (16 or 32 in this lab)",
     "alpha": "LoRA alpha: the update is scaled by alpha/r",
     "epochs": "passes over the data (ignored when --max_steps > 0)",

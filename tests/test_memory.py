@@ -1,0 +1,40 @@
+"""finetune_lab.memory: Module 04's arithmetic, checked against the numbers the module prints."""
+import pytest
+
+from finetune_lab.config import ALL_LINEAR
+from finetune_lab.memory import MB, estimate, shape_of
+from finetune_lab.models import model_config
+
+
+@pytest.fixture(scope="module")
+def tinyllama():
+    return shape_of(model_config("tinyllama-1.1b-chat"), ALL_LINEAR)
+
+
+def test_tinyllama_has_its_published_size_and_lora_r16_trains_1_percent(tinyllama):
+    assert tinyllama.params == 1_100_048_384
+    # r=16 on all seven projections of 22 layers: Module 04's table says 12.6M (1.1%)
+    assert tinyllama.lora_per_rank * 16 == 12_615_680
+
+
+def test_full_vs_lora_vs_qlora_memory_follows_the_module(tinyllama):
+    args = dict(rank=16, batch_size=8, seq_len=256, gradient_checkpointing=True)
+    full = estimate(tinyllama, "full", "float16", **args)
+    lora = estimate(tinyllama, "lora", "float16", **args)
+    qlora = estimate(tinyllama, "qlora", "float16", **args)
+    # full fine-tuning in fp16 mixed precision: 16 bytes per parameter, ~17.6 GB before activations
+    assert (full.weights_mb + full.training_state_mb) * MB / 1e9 == pytest.approx(17.6, abs=0.1)
+    # LoRA: the 16-bit base (2.2 GB) and 16 bytes per adapter parameter (0.20 GB)
+    assert lora.weights_mb * MB / 1e9 == pytest.approx(2.2, abs=0.01)
+    assert lora.training_state_mb * MB / 1e9 == pytest.approx(0.20, abs=0.01)
+    # QLoRA: the blocks' linear layers in NF4 (~0.52 bytes per weight), embeddings and head stay 16-bit
+    assert 0.6 < qlora.weights_mb * MB / 1e9 < 0.9
+    assert full.total_mb > 15 * 1024 > lora.total_mb > qlora.total_mb    # what fits on a 15 GB T4
+
+
+def test_gradient_checkpointing_and_shorter_batches_need_fewer_activations(tinyllama):
+    kept = estimate(tinyllama, "lora", "bfloat16", 16, 8, 256, gradient_checkpointing=False)
+    recomputed = estimate(tinyllama, "lora", "bfloat16", 16, 8, 256, gradient_checkpointing=True)
+    short = estimate(tinyllama, "lora", "bfloat16", 16, 8, 128, gradient_checkpointing=True)
+    assert kept.activations_mb > recomputed.activations_mb > short.activations_mb
+    assert kept.weights_mb == recomputed.weights_mb
