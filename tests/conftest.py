@@ -25,9 +25,15 @@ def write_jsonl(path: Path, rows, raw: bool = False) -> Path:
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The CLI in its own process; one that runs past `timeout` comes back with exit code 124 and what it printed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(LAB / "train_tiny_model.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, str(LAB / "train_tiny_model.py"), *args]
+    try:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as late:
+        def text(out):
+            return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+        return subprocess.CompletedProcess(command, 124, text(late.stdout), text(late.stderr))
 
 
 @pytest.fixture(scope="session")

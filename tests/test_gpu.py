@@ -35,7 +35,7 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     # 48 steps (3 s on a GPU): bf16 needs more than the CPU quick run's 16 to get the programs exactly right.
     done = run_cli("--test_mode", "--max_steps", "48", "--backend", backend, "--method", method,
                    "--output_dir", str(tmp_path),
-                   "--run_name", "gpu")
+                   "--run_name", "gpu", timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"backend={backend} device=cuda" in done.stdout and f"method={method}" in done.stdout
     # bf16 on Ampere and newer, fp16 on a T4 (also under scripts/t4sim), whatever is_bf16_supported() says
