@@ -17,7 +17,13 @@ cd "$(dirname "$0")/.."
 out=${1:-gpu-verify}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-[[ ${T4:-0} == 1 ]] && export PYTHONPATH="$PWD/scripts/t4sim${PYTHONPATH:+:$PYTHONPATH}"
+if [[ ${T4:-0} == 1 ]]; then
+  export PYTHONPATH="$PWD/scripts/t4sim${PYTHONPATH:+:$PYTHONPATH}"
+  # Under the simulation Unsloth compiles its blocks for compute capability 7.5, which the real card cannot run
+  # ("no kernel image is available"), and then stalls in inductor (seen on an H200, 2026-11-29); a real T4 compiles
+  # for itself. Compiling is a speed option, not a precision decision, so the simulated runs go without it.
+  export UNSLOTH_COMPILE_DISABLE=1
+fi
 python3 - <<'PY' | tee "$out/versions.txt"
 import torch, transformers, trl, peft, unsloth, bitsandbytes
 print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__} | "
