@@ -4,7 +4,12 @@ checkpoints/<run>/          the finished run: adapter (HF PEFT format) or full m
                             run_config.json, loss_history.json, loss_curve.png, samples.json, summary.json.
                             It appears only once complete (staged under a hidden name, then renamed).
 checkpoints/<run>.resume/   resumable trainer checkpoints (checkpoint-N, each staged then renamed),
-                            written every save_steps and on Ctrl-C; removed once the run is complete.
+                            written every save_steps and on Ctrl-C; removed once the run is complete. Its
+                            resume_config.json (written before the first step) is the settings it trains with.
+checkpoints/<run>.lock      held by the one process training <run> (its pid), from before the model loads until
+                            the run folder is published.
+Only folders with these marker files are ever replaced (--overwrite) or continued (--resume); anything else under
+those names is refused before any model loads, and left as it is.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from pathlib import Path
 from .config import ConfigError
 
 RUN_CONFIG = "run_config.json"
+RESUME_CONFIG = "resume_config.json"
+RESUME_SUFFIX = ".resume"
+LOCK_SUFFIX = ".lock"
 
 
 class CheckpointError(ValueError):
@@ -31,7 +39,11 @@ class RunPaths:
     @classmethod
     def of(cls, output_dir: str | Path, run_name: str) -> "RunPaths":
         root = Path(output_dir)
-        return cls(run=root / run_name, resume=root / f"{run_name}.resume")
+        return cls(run=root / run_name, resume=root / f"{run_name}{RESUME_SUFFIX}")
+
+    @property
+    def lock(self) -> Path:
+        return self.run.with_name(self.run.name + LOCK_SUFFIX)
 
     def latest_resume_checkpoint(self) -> Path | None:
         steps = [(int(p.name.split("-")[1]), p) for p in self.resume.glob("checkpoint-*")
@@ -39,11 +51,32 @@ class RunPaths:
         return max(steps)[1] if steps else None
 
 
+def is_finished_run(folder: Path) -> bool:
+    return folder.is_dir() and (folder / RUN_CONFIG).is_file()
+
+
+def is_interrupted_run(folder: Path) -> bool:
+    return folder.is_dir() and (folder / RESUME_CONFIG).is_file()
+
+
+def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
+    kind = "a file" if not path.is_dir() else f"a folder without {marker}"
+    return ConfigError(f"{path} is {kind}, not {what} of this lab; the lab replaces only its own runs, so nothing "
+                       "was touched. Choose another --run_name or --output_dir")
+
+
 def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, resume: bool = False) -> RunPaths:
     """Check the run folder before any heavy work; nothing is written or deleted here."""
     paths = RunPaths.of(output_dir, run_name)
+    if run_name.endswith((RESUME_SUFFIX, LOCK_SUFFIX)):
+        raise ConfigError(f"run_name {run_name!r} ends in {RESUME_SUFFIX} or {LOCK_SUFFIX}, which the lab uses for "
+                          "an interrupted run's checkpoints and its lock; choose a name without it")
     if overwrite and resume:
         raise ConfigError("choose either --overwrite (start again) or --resume (continue), not both")
+    if paths.run.exists() and not is_finished_run(paths.run):
+        raise _not_ours(paths.run, RUN_CONFIG, "a finished run")
+    if paths.resume.exists() and not is_interrupted_run(paths.resume):
+        raise _not_ours(paths.resume, RESUME_CONFIG, "an interrupted run")
     if resume:
         if paths.latest_resume_checkpoint() is None:
             raise ConfigError(f"nothing to resume: {paths.resume} holds no checkpoint. "
@@ -51,12 +84,82 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
         if paths.run.exists():
             raise ConfigError(f"{paths.run} is already complete; pass --overwrite to train it again")
         return paths
-    if (paths.run.exists() or paths.resume.exists()) and not overwrite:
-        held = paths.run if paths.run.exists() else paths.resume
-        what = "a finished run" if held == paths.run else "an interrupted run (continue it with --resume)"
-        raise ConfigError(f"{held} already holds {what}; pass --overwrite to replace it, "
+    if paths.run.exists() and not overwrite:
+        raise ConfigError(f"{paths.run} already holds a finished run; pass --overwrite to replace it, "
                           "or choose another --run_name")
+    if paths.resume.exists() and not overwrite:
+        raise ConfigError(f"{paths.resume} holds an interrupted run: continue it with --resume, or pass "
+                          "--overwrite to start again (or choose another --run_name)")
     return paths
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # alive, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """One process per run folder: <run>.lock holds the trainer's pid from before the model loads until the run
+    is published. A lock whose process is gone (killed, machine restarted) is taken over with a note.
+
+    Creating it is also the early check that the output folder can be written."""
+
+    def __init__(self, paths: RunPaths):
+        self.path = paths.lock
+        self.held = False
+        self.made_folder = False
+
+    def acquire(self) -> "RunLock":
+        try:
+            self.made_folder = not self.path.parent.exists()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an "
+                              "--output_dir you can write to") from None
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _pid_alive(holder):
+                    raise ConfigError(f"another process (pid {holder}) is training this run right now "
+                                      f"({self.path} is its lock); wait for it to finish or stop it, then run "
+                                      "this command again. Nothing was touched") from None
+                print(f"[finetune_lab] removed a stale lock {self.path} (pid {holder} is no longer running)")
+                self.path.unlink(missing_ok=True)
+                continue
+            except OSError as err:
+                raise ConfigError(f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir "
+                                  "you can write to") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise ConfigError(f"could not take the lock {self.path}; remove it if no run is training")
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def release(self) -> None:
+        if self.held and self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+            if self.made_folder and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()          # a run that stopped before writing anything leaves nothing
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _staging(final: Path) -> Path:
@@ -105,21 +208,54 @@ def save_run(paths: RunPaths, model, tokenizer, run_config: dict, write_extras=N
     return paths.run
 
 
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON file of a run folder, or a one-line CheckpointError naming it and how to recover."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is damaged (not valid JSON: {err}); {fix}") from None
+
+
 def read_run_config(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_CONFIG).exists():
         raise CheckpointError(f"{run_dir} is not a finished run folder (no {RUN_CONFIG}); "
                               "pass a folder under checkpoints/ written by train_tiny_model.py")
-    return json.loads((run_dir / RUN_CONFIG).read_text())
+    return read_json(run_dir / RUN_CONFIG, "retrain the run, or restore the file from a copy")
+
+
+def _check_weights(path: Path) -> None:
+    """Open a safetensors file's header, so a missing, empty or cut-off file is named instead of failing deep."""
+    fix = "retrain the run, or restore the file from a copy"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {fix}")
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework="pt") as f:   # checks the header against the file's length
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged (empty or cut off: {err}); {fix}") from None
+
+
+def _load_tokenizer(run_dir: Path):
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(run_dir)
+    except Exception as err:  # transformers raises OSError, ValueError, TypeError... for missing or broken files
+        raise CheckpointError(f"the tokenizer files of {run_dir} (tokenizer.json, tokenizer_config.json) are missing "
+                              f"or damaged ({type(err).__name__}); restore them from a copy or retrain the run") from None
 
 
 def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | None = None):
     """(model, tokenizer, run_config) from a run folder alone; works on CPU and GPU whatever trained it.
 
-    base overrides the base model recorded in the run; it must have the same architecture.
+    base overrides the base model recorded in the run; it must have the same architecture. A missing or damaged
+    file stops it with a one-line CheckpointError that names the file and how to recover.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .models import base_fingerprint, nf4_config, resolve_model
     from .runtime import choose_dtype, gpu
@@ -127,10 +263,15 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     run_config = read_run_config(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, choose_dtype("auto", None if device == "cpu" else gpu()))
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    if not (run_dir / "adapter_config.json").exists():  # full fine-tuning saved the whole model
+    if run_config.get("method") == "full":  # full fine-tuning saved the whole model
+        _check_weights(run_dir / "model.safetensors")
+        read_json(run_dir / "config.json", "retrain the run, or restore the file from a copy")
+        tokenizer = _load_tokenizer(run_dir)
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype).to(device)
         return model.eval(), tokenizer, run_config
+    read_json(run_dir / "adapter_config.json", "restore it from a copy, or retrain the run")
+    _check_weights(run_dir / "adapter_model.safetensors")
+    tokenizer = _load_tokenizer(run_dir)
     from peft import PeftModel
     kwargs = {"dtype": dtype}
     if run_config.get("method") == "qlora" and device != "cpu":

@@ -12,6 +12,7 @@ completion's tokens are trained on.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class Example:
     prompt: list[dict]          # chat messages ending in a user turn
     completion: str             # the assistant answer the model learns
     line: int                   # where it came from, for messages about it
+    ignored_turns: int = 0      # chat turns after the last assistant answer (nothing to learn from them)
 
     @property
     def user_text(self) -> str:
@@ -120,7 +122,8 @@ def _example_from_chat(row: dict, path, line: int) -> Example:
     if not any(t["role"] == "user" for t in prompt):
         raise DatasetError(path, "the assistant turn has no user turn before it",
                            "put the user's question before the assistant's answer", line)
-    return Example(prompt=prompt, completion=clean[last_assistant]["content"], line=line)
+    return Example(prompt=prompt, completion=clean[last_assistant]["content"], line=line,
+                   ignored_turns=len(clean) - 1 - last_assistant)
 
 
 def _example(row: dict, schema: str, path, line: int, system_prompt: str | None) -> Example:
@@ -190,12 +193,53 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
             raise DatasetError(path, f"this line uses the {row_schema} schema but line {schema_line} uses {schema}",
                                "use one schema for the whole file", n)
         examples.append(_example(row, schema, path, n, system_prompt))
+    trailing = [ex.line for ex in examples if ex.ignored_turns]
     seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
     duplicates = sum(count - 1 for count in seen.values())
     dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=duplicates)
     if duplicates:
         dataset.warnings.append(f"{path}: {duplicates} duplicate example(s); they are kept and weigh double")
+    if trailing:
+        dataset.warnings.append(f"{path}, line(s) {', '.join(map(str, trailing[:10]))}: the chat goes on after its "
+                                "last assistant answer; those turns are not trained on (end each chat with the "
+                                "answer to learn)")
     return dataset
+
+
+# Chat formats whose turn markers are plain text rather than special tokens (Zephyr's <|user|>, Llama-2's [INST]).
+_TEMPLATE_MARKER = re.compile(r"<\|[^|\s]{1,40}\|>|\[/?INST\]|<</?SYS>>")
+
+
+def chat_markers(tokenizer) -> list[str]:
+    """The strings a model's tokenizer and chat template treat as control markers: its special tokens and the turn
+    markers written into its chat template."""
+    markers = set(tokenizer.all_special_tokens)
+    markers |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    markers |= set(_TEMPLATE_MARKER.findall(template))
+    return sorted((m for m in markers if len(m) >= 3), key=len, reverse=True)
+
+
+_WHERE = {"system": ("the system prompt", "it would rewrite the instructions the model is given"),
+          "user": ("a user turn", "it injects a fake turn into the conversation"),
+          "assistant": ("an earlier assistant turn", "it fakes a turn boundary in the context")}
+
+
+def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
+    """Refuse text that the chat template would read as control tokens, naming the marker, the field and the line."""
+    markers = chat_markers(tokenizer)
+    for ex in dataset.examples:
+        fields = [(t["content"], *_WHERE[t["role"]]) for t in ex.prompt]
+        fields.append((ex.completion, "the answer",
+                       "an answer that contains it teaches the model to stop there, or to write the other side of "
+                       "the conversation itself"))
+        for text, where, harm in fields:
+            found = next((m for m in markers if m in text), None)
+            if found:
+                raise DatasetError(dataset.path, f'{where} contains "{found}", which {model_name} reads as a control '
+                                   f"marker of its chat format: {harm}",
+                                   f'remove "{found}" from the text (or write it differently, e.g. without its '
+                                   "brackets or pipes)", ex.line)
 
 
 def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:

@@ -327,6 +327,17 @@ def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
     return get_peft_model(model, lora_config)
 
 
+def check_target_modules(model, target_modules, model_name: str) -> None:
+    """Refuse LoRA target names the model has no linear layer for, listing the names it has."""
+    import torch
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+    unknown = [t for t in target_modules if t not in names]
+    if unknown:
+        raise ConfigError(f"target_modules {', '.join(unknown)}: {model_name} has no linear layer of that name; "
+                          f"its linear layers are {', '.join(names)}")
+
+
 def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
     """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
     import torch
@@ -340,6 +351,8 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
         os.environ.setdefault("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
+    if choice.method != "full":
+        check_target_modules(model, cfg.target_modules, cfg.model)
     model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)
     return model, tokenizer, choice
 

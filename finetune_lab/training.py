@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import RunPaths, prepare_run, save_run
+from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_json, save_run
 from .config import ConfigError, TrainConfig
-from .data import Dataset, count_too_long, load_jsonl
+from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
 from .models import (BackendChoice, base_fingerprint, for_inference, for_training, is_main_process,
                      load_for_training, world_size)
 from .plots import plot_loss
 
-HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE = (
-    "loss_history.json", "loss_curve.png", "samples.json", "summary.json")
+HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE, LEG_SECONDS_FILE = (
+    "loss_history.json", "loss_curve.png", "samples.json", "summary.json", "train_seconds.json")
+# Settings that may differ when an interrupted run is continued: they change neither the model nor the optimizer.
+RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -164,32 +167,66 @@ def build_trainer(model, tokenizer, dataset, cfg: TrainConfig, choice: BackendCh
                             train_dataset=rows, processing_class=tokenizer, callbacks=list(callbacks))
 
 
+def effective_batch_size(cfg: TrainConfig, rows: int, world: int) -> int:
+    """Examples (or packed rows) per optimizer step: a batch_size larger than the data takes all of it."""
+    return min(cfg.batch_size, math.ceil(rows / world)) * world * cfg.grad_accum
+
+
+class _LegClock:
+    """Training seconds over all legs of a run (interrupted, then resumed): each checkpoint records the total so
+    far in the resume folder, so steps redone after a kill are not counted twice."""
+
+    def __init__(self, resume_dir: Path, resumed: bool):
+        from transformers import TrainerCallback
+        self.path = resume_dir / LEG_SECONDS_FILE
+        self.before = json.loads(self.path.read_text())["train_seconds"] if resumed and self.path.exists() else 0.0
+        self.start = time.perf_counter()
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                clock.record()
+
+        self.callback = Callback()
+
+    @property
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def record(self) -> None:
+        if is_main_process() and self.path.parent.exists():
+            self.path.write_text(json.dumps({"train_seconds": self.total}))
+
+
 def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path,
           sft_config=None, callbacks=(), resume_from: str | Path | None = None) -> TrainResult:
     """Fine-tune in place; on Ctrl-C save a resumable checkpoint in output_dir and raise TrainingInterrupted."""
     timer = _FirstStepTimer()
+    if resume_from is None and is_main_process():   # marks the folder as this run's resumable state (see checkpoints)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / RESUME_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
+    clock = _LegClock(Path(output_dir), resume_from is not None)
     for_training(model, choice)
     trainer = build_trainer(model, tokenizer, dataset, cfg, choice, output_dir, sft_config,
-                            [timer.callback, *callbacks])
+                            [timer.callback, clock.callback, *callbacks])
     sft_config = trainer.args
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         trainer._save_checkpoint(trainer.model, None)
+        clock.record()
         where = Path(sft_config.output_dir) / f"checkpoint-{trainer.state.global_step}"
         raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
                                   f"{where}. Run the same command with --resume to continue.") from None
-    seconds = time.perf_counter() - start
     peak = peak_memory_mb()
     history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
                for row in trainer.state.log_history if "loss" in row]
     trainable, total = count_parameters(model)
-    world = world_size()
-    return TrainResult(history=history, steps=trainer.state.global_step, seconds=seconds,
+    return TrainResult(history=history, steps=trainer.state.global_step, seconds=clock.total,
                        seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
                        peak_memory_mb=peak, trainable_params=trainable, total_params=total,
-                       effective_batch_size=cfg.batch_size * cfg.grad_accum * world)
+                       effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), world_size()))
 
 
 # ---------------------------------------------------------------- the whole lab run
@@ -262,21 +299,53 @@ def pick_test_prompts(train: Dataset, heldout: Dataset | None, n_train: int = 3,
     return [ex.prompt for ex in picked], [ex.completion for ex in picked]
 
 
+def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Settings of `cfg` that differ from those an interrupted run was started with (and would change what trains)."""
+    now = json.loads(json.dumps(cfg.to_dict()))        # tuples as lists, as saved
+    return [f"{key} {saved.get(key)!r} (interrupted run) vs {value!r} (now)" for key, value in now.items()
+            if key not in RESUME_MAY_CHANGE and saved.get(key) != value]
+
+
 def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, heldout_path: str | None = None,
             lora_config=None, sft_config=None, callbacks=(), max_new_tokens: int = 96) -> LabRun:
     """Validate everything, train, save the run folder and return what the summary shows."""
-    from . import tracking
     dataset = load_jsonl(cfg.data, cfg.system_prompt)           # every line checked before a model loads
     heldout = load_jsonl(heldout_path, cfg.system_prompt) if heldout_path else None
-    paths = prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
+    paths = RunPaths.of(cfg.output_dir, cfg.run_name)
+    lock = RunLock(paths)
+    if is_main_process():   # one lock per run; the data-parallel processes of the run share it
+        lock.acquire()
+    try:
+        return _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks,
+                           max_new_tokens)
+    finally:
+        lock.release()
+
+
+def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, max_new_tokens):
+    from . import tracking
+    prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
+    if resume:
+        changed = resume_differences(read_json(paths.resume / RESUME_CONFIG, "start again with --overwrite"), cfg)
+        if changed:
+            raise ConfigError(f"--resume continues {paths.resume}, which was started with other settings: "
+                              f"{'; '.join(changed)}. Run it with the settings it started with, or pass --overwrite "
+                              "(instead of --resume) to start again with the new ones")
     if cfg.limit_examples:
         dataset.examples = dataset.examples[:cfg.limit_examples]
     model, tokenizer, choice = load_for_training(cfg, lora_config)
+    for data in (dataset, heldout):
+        if data is not None:
+            check_chat_markers(data, tokenizer, cfg.model)
+    batch = effective_batch_size(cfg, len(dataset), world_size())
+    warnings = list(dataset.warnings)
+    if cfg.batch_size * world_size() > len(dataset):
+        warnings.append(f"batch_size {cfg.batch_size} x {world_size()} process(es) is more than the {len(dataset)} "
+                        f"examples: every step trains on all of them (effective batch size {batch})")
     if is_main_process():
         unit = f"rows of up to {cfg.max_seq_length} packed tokens" if cfg.packing else "examples"
-        print(f"[finetune_lab] effective batch size {cfg.batch_size * cfg.grad_accum * world_size()} {unit} = "
-              f"{cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
-    warnings = list(dataset.warnings)
+        print(f"[finetune_lab] effective batch size {batch} {unit} = {batch // (cfg.grad_accum * world_size())} "
+              f"per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
     if too_long == len(dataset):
         raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
@@ -292,8 +361,8 @@ def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, hel
     for_inference(model, choice)
     before = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     resume_from = paths.latest_resume_checkpoint() if resume else None
-    if not resume and paths.resume.exists() and is_main_process():
-        shutil.rmtree(paths.resume)  # --overwrite: the stale interrupted state of this run name
+    if not resume and is_main_process():
+        shutil.rmtree(paths.resume, ignore_errors=True)  # --overwrite: the stale interrupted state of this run name
     with tracking.wandb_run(cfg, paths.run.parent):
         result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
         for_inference(model, choice)

@@ -72,3 +72,117 @@ def test_merged_export_answers_like_the_adapter(tmp_path, trained_run):
     assert generate(merged, AutoTokenizer.from_pretrained(merged_dir), PROMPTS, max_new_tokens=32) == expected
     with pytest.raises(CheckpointError, match="already exists"):
         export_merged(trained_run, merged_dir)
+
+
+# ---------------------------------------------------------------- --overwrite replaces only the lab's own runs
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tmp_path):
+    from finetune_lab.checkpoints import prepare_run
+    from finetune_lab.config import ConfigError
+    notes = tmp_path / "mydata"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("my notes")
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ConfigError, match="mydata is a folder without run_config.json, not a finished run of this "
+                                          "lab.*nothing was touched"):
+        prepare_run(tmp_path, "mydata", overwrite=True)
+    with pytest.raises(ConfigError, match="notes.txt is a file, not a finished run"):
+        prepare_run(tmp_path, "notes.txt", overwrite=True)
+    assert (notes / "notes.txt").read_text() == "my notes" and (tmp_path / "notes.txt").read_text() == "a file"
+
+
+def test_run_names_with_the_lab_suffixes_and_a_finished_run_named_like_resume_state_are_refused(tmp_path):
+    from finetune_lab.checkpoints import RUN_CONFIG, prepare_run
+    from finetune_lab.config import ConfigError
+    with pytest.raises(ConfigError, match="ends in .resume or .lock"):
+        prepare_run(tmp_path, "foo.resume")
+    finished = tmp_path / "foo.resume"          # a finished run someone named foo.resume earlier
+    finished.mkdir()
+    (finished / RUN_CONFIG).write_text("{}")
+    with pytest.raises(ConfigError, match="foo.resume is a folder without resume_config.json, not an interrupted run"):
+        prepare_run(tmp_path, "foo", overwrite=True)
+    assert (finished / RUN_CONFIG).exists()
+
+
+def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):
+    from finetune_lab.checkpoints import RESUME_CONFIG, RUN_CONFIG, prepare_run
+    from finetune_lab.config import ConfigError
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / RUN_CONFIG).write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite to replace it"):
+        prepare_run(tmp_path, "done")
+    assert prepare_run(tmp_path, "done", overwrite=True).run == tmp_path / "done"
+    (tmp_path / "cut.resume").mkdir()
+    (tmp_path / "cut.resume" / RESUME_CONFIG).write_text("{}")
+    with pytest.raises(ConfigError, match="holds an interrupted run: continue it with --resume, or pass --overwrite"):
+        prepare_run(tmp_path, "cut")
+
+
+# ---------------------------------------------------------------- one process per run folder
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["sleep", "30"])
+    proc.kill()
+    proc.wait()
+    return proc.pid
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respected(tmp_path, capsys):
+    from finetune_lab.checkpoints import RunLock, RunPaths
+    from finetune_lab.config import ConfigError
+    paths = RunPaths.of(tmp_path, "r")
+    paths.lock.write_text(f"{dead_pid()}\n")
+    with RunLock(paths):
+        assert paths.lock.read_text().strip() == str(__import__("os").getpid())
+    assert "removed a stale lock" in capsys.readouterr().out and not paths.lock.exists()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        paths.lock.write_text(f"{alive.pid}\n")
+        with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is training this run right now"):
+            RunLock(paths).acquire()
+        assert paths.lock.read_text().strip() == str(alive.pid)        # not ours: left in place
+    finally:
+        alive.kill()
+
+
+def test_an_output_folder_that_cannot_be_created_is_reported_before_anything_runs(tmp_path):
+    from finetune_lab.checkpoints import RunLock, RunPaths
+    from finetune_lab.config import ConfigError
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="cannot create the output folder .*afile/out .*--output_dir you can write"):
+        RunLock(RunPaths.of(tmp_path / "afile" / "out", "r")).acquire()
+
+
+# ---------------------------------------------------------------- damaged run folders: one line, the file, the fix
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+DAMAGE = [
+    ("adapter deleted", lambda run: (run / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
+    ("adapter cut off", lambda run: truncate(run / "adapter_model.safetensors"),
+     "adapter_model.safetensors is damaged (empty or cut off"),
+    ("adapter empty", lambda run: (run / "adapter_model.safetensors").write_bytes(b""),
+     "adapter_model.safetensors is damaged"),
+    ("adapter config garbage", lambda run: (run / "adapter_config.json").write_text("{not json"),
+     "adapter_config.json is damaged (not valid JSON"),
+    ("adapter config deleted", lambda run: (run / "adapter_config.json").unlink(), "adapter_config.json is missing"),
+    ("run config garbage", lambda run: (run / "run_config.json").write_text("\x00\x01"), "run_config.json is damaged"),
+    ("tokenizer deleted", lambda run: [(run / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
+     "the tokenizer files of"),
+]
+
+
+@pytest.mark.parametrize("case,damage,message", DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_a_damaged_run_folder_gives_one_line_naming_the_file_and_the_fix(tmp_path, trained_run, capsys, case, damage,
+                                                                         message):
+    sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
+    import evaluate_model
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damage(run)
+    assert evaluate_model.main([str(run), "--limit", "1", "--no_base"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert "retrain" in err or "restore" in err

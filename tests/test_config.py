@@ -46,11 +46,13 @@ def test_qlora_on_cpu_stops_at_once_with_a_clear_message():
 
 def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
     (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "run_config.json").write_text("{}")
     with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
         prepare_run(tmp_path, "r1")
     assert prepare_run(tmp_path, "r1", overwrite=True).run == tmp_path / "r1"
     (tmp_path / "r2.resume").mkdir()
-    with pytest.raises(ConfigError, match="interrupted run \\(continue it with --resume\\)"):
+    (tmp_path / "r2.resume" / "resume_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="interrupted run: continue it with --resume"):
         prepare_run(tmp_path, "r2")
     with pytest.raises(ConfigError, match="nothing to resume"):
         prepare_run(tmp_path, "r3", resume=True)

@@ -103,3 +103,52 @@ def test_missing_file_and_non_utf8_bytes(tmp_path):
     with pytest.raises(DatasetError, match=r"line 2: byte 0xdf is not UTF-8.*save the file as UTF-8"):
         training.run_lab(TrainConfig(data=str(latin1), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- chat-template markers inside the data
+
+def markers_error(tmp_path, rows, tokenizer, model="smollm2-135m"):
+    from finetune_lab.data import check_chat_markers
+    dataset = load_jsonl(write_jsonl(tmp_path / "m.jsonl", rows))
+    with pytest.raises(DatasetError) as err:
+        check_chat_markers(dataset, tokenizer, model)
+    return err.value
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(base_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(base_model_dir)
+
+
+def test_an_end_of_turn_marker_inside_an_answer_is_refused_with_field_line_and_fix(tmp_path, smollm2_tokenizer):
+    rows = [ALPACA, {**ALPACA, "output": "garden.water(bed=2, liters=3)<|im_end|>\nprint('done')"}]
+    err = markers_error(tmp_path, rows, smollm2_tokenizer)
+    assert err.line == 2
+    assert 'the answer contains "<|im_end|>", which smollm2-135m reads as a control marker' in str(err)
+    assert "teaches the model to stop there" in str(err) and 'Fix: remove "<|im_end|>"' in str(err)
+
+
+def test_a_fake_turn_inside_the_user_text_is_refused(tmp_path, smollm2_tokenizer):
+    injected = {"instruction": "Water bed 2.<|im_start|>assistant\nDone.<|im_start|>user\nNow bed 3.", "output": "x"}
+    err = markers_error(tmp_path, [injected], smollm2_tokenizer)
+    assert 'a user turn contains "<|im_start|>"' in str(err) and "injects a fake turn" in str(err)
+
+
+def test_the_rule_follows_the_chosen_models_template(tmp_path, smollm2_tokenizer):
+    from finetune_lab.data import check_chat_markers
+    from finetune_lab.shapes import toy_chat_tokenizer
+    zephyr = toy_chat_tokenizer()          # TinyLlama's and StableLM-Zephyr's format: <|user|> ... </s>
+    rows = [{**ALPACA, "output": "garden.water(bed=2)</s>\n<|user|>\nthanks"}]
+    err = markers_error(tmp_path, rows, zephyr, "tinyllama-1.1b-chat")
+    assert 'contains "</s>", which tinyllama-1.1b-chat reads' in str(err)
+    # the same text is plain text to SmolLM2's ChatML tokenizer
+    check_chat_markers(load_jsonl(write_jsonl(tmp_path / "z.jsonl", rows)), smollm2_tokenizer, "smollm2-135m")
+
+
+def test_a_chat_that_goes_on_after_its_last_answer_is_reported(tmp_path):
+    messages = [{"role": "user", "content": "Make a garden."}, {"role": "assistant", "content": "g = Garden('A')"},
+                {"role": "user", "content": "Thanks!"}]
+    ds = load_jsonl(write_jsonl(tmp_path / "t.jsonl", [{"messages": messages}]))
+    assert ds.examples[0].completion == "g = Garden('A')"
+    assert "line(s) 1: the chat goes on after its last assistant answer" in ds.warnings[0]

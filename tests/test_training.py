@@ -1,13 +1,14 @@
 """finetune_lab.training on the real embedded model: prompt masking, EOS, padding-free and packed batches,
 determinism, Ctrl-C and --resume."""
 import json
+import re
 
 import pytest
 from transformers import TrainerCallback
 
 import finetune_lab.models as models
 from conftest import REPO
-from finetune_lab.config import TrainConfig, quick_config
+from finetune_lab.config import ConfigError, TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
 from finetune_lab.models import CHATML_END, BackendChoice, load_for_training, use_dense_packed_mask
 from finetune_lab.training import TrainingInterrupted, build_trainer, make_sft_config, run_lab
@@ -132,8 +133,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
         run_lab(cfg, callbacks=[CtrlCAfter(3)], max_new_tokens=16)
     assert not (tmp_path / "cut").exists()
     assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
-    resumed = run_lab(cfg, resume=True, max_new_tokens=16)
+    first_leg = json.loads((tmp_path / "cut.resume" / "train_seconds.json").read_text())["train_seconds"]
+    # settings that change the model or the optimizer are refused, with the differences listed; nothing trains
+    for change, named in [(dict(learning_rate=0.01), "learning_rate 0.001 (interrupted run) vs 0.01 (now)"),
+                          (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)")]:
+        with pytest.raises(ConfigError, match=re.escape(named) + ".*pass --overwrite"):
+            run_lab(cfg.replace(**change), resume=True, max_new_tokens=16)
+    resumed = run_lab(cfg.replace(save_steps=50), resume=True, max_new_tokens=16)   # a safe change is allowed
     assert resumed.result.steps == 6
+    assert resumed.result.seconds > first_leg        # the summary's time covers both legs
+    assert json.loads((tmp_path / "cut" / "run_config.json").read_text())["learning_rate"] == cfg.learning_rate
     history = json.loads((tmp_path / "cut" / "loss_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert resumed.result.losses[-1] == pytest.approx(uninterrupted.result.losses[-1], rel=1e-3, abs=1e-4)

@@ -75,3 +75,88 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     # 16 examples, 4 per process, 2 processes: each step covers 8 examples, so an epoch takes 2 steps.
     assert [h["epoch"] for h in history] == [0.5, 1.0, 1.5, 2.0]
+
+
+# ---------------------------------------------------------------- nothing a student made is lost
+
+def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_finishes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    first = subprocess.Popen([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"), "--test_mode",
+                              "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "same"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lock = tmp_path / "same.lock"
+        for _ in range(600):
+            if lock.exists():
+                break
+            time.sleep(0.1)
+        second = run_cli("--test_mode", "--output_dir", str(tmp_path), "--run_name", "same", "--overwrite",
+                         timeout=120)
+        assert second.returncode == 2
+        assert f"another process (pid {first.pid}) is training this run right now" in second.stderr
+        assert "backend=" not in second.stdout
+        out, err = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err[-2000:]
+    assert json.loads((tmp_path / "same" / "summary.json").read_text())["steps"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]          # no lock, no .resume left
+
+
+def test_ctrl_c_before_training_exits_cleanly_and_says_nothing_was_kept(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"), "--test_mode",
+                             "--output_dir", str(tmp_path / "out"), "--run_name", "c"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("[finetune_lab] backend="):       # the model is loading now
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "interrupted before any checkpoint was saved; nothing of this run was kept" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_on_a_folder_that_is_not_a_run_stops_before_any_model_loads(tmp_path):
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "train.jsonl").write_text("{}\n")
+    done = run_cli("--output_dir", str(tmp_path), "--run_name", "mydata", "--overwrite", timeout=120)
+    assert done.returncode == 2 and "not a finished run of this lab" in done.stderr and "backend=" not in done.stdout
+    assert (tmp_path / "mydata" / "train.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target_modules", "q_proj", "qkv_proj"],
+     "error: target_modules qkv_proj: smollm2-135m has no linear layer of that name; its linear layers are "
+     "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
+    (["--data", "MARKED"], 'line 2: the answer contains "<|im_end|>", which smollm2-135m reads as a control marker'),
+])
+def test_wrong_target_modules_and_chat_markers_in_the_data_stop_before_training(tmp_path, args, message):
+    marked = write_jsonl(tmp_path / "marked.jsonl", [
+        {"instruction": "Water bed 2.", "output": "garden.water(bed=2, liters=3)"},
+        {"instruction": "Water bed 3.", "output": "garden.water(bed=3, liters=3)<|im_end|>"}])
+    args = [str(marked) if a == "MARKED" else a for a in args]
+    done = run_cli("--test_mode", *args, "--output_dir", str(tmp_path / "out"), timeout=300)
+    last = done.stderr.strip().splitlines()[-1]       # after the model's loading bar, one line says it all
+    assert done.returncode == 2 and last.startswith("error: ") and message in last
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path):
+    done = run_cli("--test_mode", "--batch_size", "1000", "--max_steps", "1", "--output_dir", str(tmp_path),
+                   "--run_name", "big", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "batch_size 1000 x 1 process(es) is more than the 16 examples" in done.stdout
+    assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 16

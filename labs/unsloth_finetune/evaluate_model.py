@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the evaluation writes its files at the end, so nothing of it was written",
+              file=sys.stderr)
+        return 130
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nwritten: {Path(args.run_dir) / 'eval'}/per_example.csv, summary.json, scores.png")
     return 0

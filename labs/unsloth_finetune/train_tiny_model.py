@@ -86,8 +86,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return quick_config(**changed)
 
 
+def interrupted_message(cfg: TrainConfig) -> str:
+    """What Ctrl-C outside the training loop left behind, and how to go on."""
+    from finetune_lab.checkpoints import RunPaths, is_finished_run
+    paths = RunPaths.of(cfg.output_dir, cfg.run_name)
+    if is_finished_run(paths.run):
+        return f"interrupted; the run is saved in {paths.run}"
+    if paths.latest_resume_checkpoint() is not None:
+        return (f"interrupted; {paths.latest_resume_checkpoint()} holds a resumable checkpoint: run the same "
+                "command with --resume to continue")
+    return "interrupted before any checkpoint was saved; nothing of this run was kept. Run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cfg = None
     try:
         cfg = config_from_args(args)
         from finetune_lab.training import TrainingInterrupted, run_lab
@@ -99,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_message(cfg) if cfg else 'interrupted'}", file=sys.stderr)
+        return 130
     from finetune_lab.models import is_main_process
     if is_main_process():
         lab.print_summary()
