@@ -242,6 +242,24 @@ def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
                                    "brackets or pipes)", ex.line)
 
 
+def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+    """Split off a held-out part deterministically: the `fraction` of examples (at least one) whose prompts hash
+    lowest, so the same file always gives the same split, whatever its order."""
+    import hashlib
+    import math
+    def key(ex):
+        return hashlib.sha1(json.dumps(ex.prompt, sort_keys=True).encode()).hexdigest()
+    ranked = sorted(dataset.examples, key=key)
+    held = {id(ex) for ex in ranked[:max(1, math.ceil(fraction * len(ranked)))]}
+    if len(held) == len(ranked):
+        raise DatasetError(dataset.path, f"{len(ranked)} example(s) are too few to split off a held-out part",
+                           "add examples, or give a held-out file of its own")
+    kept = [ex for ex in dataset.examples if id(ex) not in held]
+    heldout = [ex for ex in dataset.examples if id(ex) in held]
+    return (Dataset(dataset.path, dataset.schema, kept, warnings=list(dataset.warnings)),
+            Dataset(dataset.path, dataset.schema, heldout))
+
+
 def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
     """How many examples exceed max_seq_length tokens once rendered by the chat template."""
     too_long = 0

@@ -1,13 +1,15 @@
-"""Score generated answers against known outputs: accuracy, exact match, token F1, ROUGE-L, and, for code,
-whether it parses and which calls into the course library are not in its documented API (hallucinations).
+"""Score generated answers against known outputs, in two families (modules/05 explains both):
 
-Definitions (modules/05 explains them):
-  correct        the answer is the same program as the reference (equal Python ASTs, so formatting and quote
-                 style do not matter); for answers that are not code, equal after normalising whitespace.
-  accuracy       the share of answers that are correct.
-  hallucinated   an answer that uses at least one function, class, method, attribute or keyword argument
-                 of the course library that data/gardenkit_api.pyi does not define.
-  hallucination rate   the share of answers that are hallucinated.
+code   the reference is a fenced block, or Python statements with at least a call, an assignment, an import or a
+       definition. correct: the same program as the reference (equal syntax trees). hallucinated: uses a
+       function, class, method, attribute or keyword argument of the course library that its API stub
+       (data/gardenkit_api.pyi) does not define; n/a for code that does not use that library.
+prose  any other reference. correct: every specific of the reference (numbers, quoted or backticked names,
+       commands, paths, identifiers, capitalised names) is in the answer and nothing was invented; with no
+       specifics to check, ROUGE-L >= 0.5. hallucinated: the answer asserts a specific found in neither the reference
+       nor the prompt.
+Both: abstained (the answer says it does not know, and asserts nothing), exact match, token F1, ROUGE-L.
+A rate that does not apply to any answer of a table is NaN, shown as n/a, never 0.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_API = Path(__file__).resolve().parents[1] / "data" / "gardenkit_api.pyi"
-METRICS = ["accuracy", "exact_match", "token_f1", "rouge_l", "parses", "hallucination_rate"]
+METRICS = ["accuracy", "abstained", "hallucination_rate", "exact_match", "token_f1", "rouge_l", "parses"]
 _FENCE = re.compile(r"```[a-zA-Z0-9_+-]*\n(.*?)(?:```|\Z)", re.S)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -255,42 +257,112 @@ def rouge_l(answer: str, reference: str) -> float:
     return _ROUGE.score(reference, answer)["rougeL"].fmeasure
 
 
+_CODE_NODES = (ast.Call, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom, ast.FunctionDef,
+               ast.AsyncFunctionDef, ast.ClassDef)
+
+
 def looks_like_code(reference: str) -> bool:
+    """A fenced block, or statements that parse and hold a call, assignment, import or definition ("It is 42."
+    parses as a comparison, but is prose)."""
+    if _FENCE.search(reference):
+        return True
     try:
         tree = ast.parse(reference)
     except SyntaxError:
         return False
-    return not (len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr)
-                and isinstance(tree.body[0].value, ast.Constant))
+    return any(isinstance(node, _CODE_NODES) for node in ast.walk(tree))
 
 
-def score(answer: str, reference: str, api: ApiReference | None = None) -> dict:
-    """All scores of one answer against its reference."""
+# Specifics an answer can assert: numbers, "quoted" or `backticked` text, paths, identifiers with _ . or inner
+# capitals, and capitalised words that do not start a sentence.
+_SPECIFIC = re.compile(r"`[^`\n]+`|\"[^\"\n]{1,60}\"|'[^'\n]{2,60}'"
+                       r"|(?:\.{0,2}/|~/|[A-Za-z]:\\)[\w.\-/\\]+|\b\w+(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b"
+                       r"|\b\d+(?:[.,:]\d+)*\b|(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+\b", re.M)
+_ABSTAIN = re.compile(r"\b(i (?:do not|don't) know|i'm not sure|i am not sure|i (?:cannot|can't|could not) "
+                      r"(?:answer|find|tell|say)|(?:no|not enough) information|i (?:do not|don't) have "
+                      r"(?:that|this|enough|any) information|unknown to me|not (?:documented|specified))\b", re.I)
+
+
+def specifics(text: str) -> list[str]:
+    """The checkable specifics a piece of prose asserts, in order, without quotes or backticks."""
+    found = []
+    for match in _SPECIFIC.finditer(text):
+        item = match.group(0).strip("`\"'").rstrip(".,:")
+        if item and item not in found and item not in ("I", "It", "The", "A", "An"):
+            found.append(item)
+    return found
+
+
+def invented_specifics(answer: str, reference: str, prompt: str = "") -> list[str]:
+    """Specifics of the answer found in neither the reference nor the prompt (case-insensitive)."""
+    known = f"{reference}\n{prompt}".lower()
+    return [item for item in specifics(answer) if item.lower() not in known]
+
+
+def abstains(answer: str) -> bool:
+    """The answer says it does not know and asserts no specific of its own."""
+    return bool(_ABSTAIN.search(answer))
+
+
+def score(answer: str, reference: str, api: ApiReference | None = None, prompt: str = "") -> dict:
+    """All scores of one answer against its reference (and the prompt, which prose answers may repeat)."""
     exact = normalize_ws(answer) == normalize_ws(reference)
     row = {"exact_match": float(exact), "token_f1": token_f1(answer, reference),
            "rouge_l": rouge_l(answer, reference)}
+    abstained = abstains(answer)
     if looks_like_code(reference):
         code = extract_code(answer)
-        row["parses"] = float(same_program(code, code) is not None)
-        row["accuracy"] = float(bool(same_program(code, reference)))
-        unknown = hallucinated_calls(code, api) if api else []
-        row["hallucinated"] = ", ".join(unknown)
-        row["hallucination_rate"] = float(bool(unknown))
-    else:
-        row.update(parses=float("nan"), accuracy=float(exact), hallucinated="", hallucination_rate=float("nan"))
+        reference_code = extract_code(reference)
+        uses_api = api is not None and bool(api_names_used(reference_code, api))
+        unknown = hallucinated_calls(code, api) if uses_api else []
+        row.update(family="code", parses=float(same_program(code, code) is not None),
+                   accuracy=float(bool(same_program(code, reference_code))), abstained=float(abstained),
+                   hallucinated=", ".join(unknown),
+                   hallucination_rate=float(bool(unknown)) if uses_api else float("nan"))
+        return row
+    invented = [] if abstained else invented_specifics(answer, reference, prompt)
+    expected = specifics(reference)
+    lowered = answer.lower()
+    covered = all(item.lower() in lowered for item in expected) if expected else row["rouge_l"] >= 0.5
+    row.update(family="prose", parses=float("nan"), accuracy=float(exact or (covered and not invented)),
+               abstained=float(abstained), hallucinated=", ".join(invented),
+               hallucination_rate=float(bool(invented)))
     return row
+
+
+def highlight_invented(table: pd.DataFrame) -> str:
+    """An HTML table of the answers that invented something, each invented span in <mark> (for the notebook)."""
+    import html
+    rows = []
+    for _, row in table[table["hallucinated"] != ""].iterrows():
+        answer = html.escape(row["answer"])
+        for item in row["hallucinated"].split(", "):
+            # a code finding names its owner ("Garden.irrigate", "Garden(soil=)"): mark the invented name itself
+            span = re.findall(r"\w+", item)[-1] if row.get("family") == "code" else item
+            answer = re.sub(rf"(?<![\w>]){re.escape(html.escape(span))}(?!\w)", lambda m: f"<mark>{m.group(0)}</mark>",
+                            answer)
+        cells = [html.escape(str(row.get(k, ""))) for k in ("model", "split", "prompt")] + [f"<pre>{answer}</pre>"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("model", "split", "prompt", "answer (invented spans marked)"))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def api_names_used(code: str, api: ApiReference) -> bool:
+    """Whether a piece of code touches the API's module or a variable named after one of its classes."""
+    names = {api.module, *api.module_names(), *(c.lower() for c in api.classes)}
+    return any(re.search(rf"\b{re.escape(n)}\b", code) for n in names)
 
 
 def score_answers(prompts: list[str], references: list[str], answers: list[str],
                   api: ApiReference | None = None, split: str = "") -> pd.DataFrame:
-    rows = [{"split": split, "prompt": p, "reference": r, "answer": a, **score(a, r, api)}
+    rows = [{"split": split, "prompt": p, "reference": r, "answer": a, **score(a, r, api, p)}
             for p, r, a in zip(prompts, references, answers)]
     return pd.DataFrame(rows)
 
 
 def aggregate(table: pd.DataFrame) -> dict[str, float]:
-    """Mean of each metric (NaN-safe: the code metrics count code references only)."""
-    return {m: float(table[m].mean()) for m in METRICS if m in table and table[m].notna().any()}
+    """Mean of each metric over the answers it applies to; NaN (shown as n/a) where it applies to none."""
+    return {m: float(table[m].mean()) if table[m].notna().any() else float("nan") for m in METRICS if m in table}
 
 
 # ---------------------------------------------------------------- evaluating models and checkpoints
@@ -315,24 +387,35 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """Aggregates per model and split: the numbers the module asks for."""
     rows = []
     for (model, split), part in table.groupby(["model", "split"], sort=False):
-        rows.append({"model": model, "split": split, "n": len(part), **aggregate(part)})
+        families = part["family"].value_counts()
+        family = " + ".join(f"{families[f]} {f}" for f in ("code", "prose") if f in families)
+        rows.append({"model": model, "split": split, "n": len(part), "family": family, **aggregate(part)})
     return pd.DataFrame(rows)
 
 
-def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0) -> dict:
-    """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0."""
-    from .data import load_jsonl
+def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0,
+                split_off: float = 0.0) -> dict:
+    """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0. With
+    one file and split_off > 0, that share of it is split off deterministically as a held-out split, whose name
+    says so."""
+    from .data import load_jsonl, split_heldout
     splits = {}
     for split, path in data.items():
         splits[split] = load_jsonl(path, system_prompt)
+    if split_off and len(data) == 1:
+        (name, path), = data.items()
+        splits[name], held = split_heldout(splits[name], split_off)
+        splits[f"held-out ({split_off:.0%} of {Path(path).name}, split off)"] = held
+    for dataset in splits.values():
         if limit:
-            splits[split].examples = splits[split].examples[:limit]
+            dataset.examples = dataset.examples[:limit]
     return splits
 
 
 def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str | Path = DEFAULT_API,
                         compare_base: bool = True, limit: int = 0, max_new_tokens: int = 96,
-                        out_dir: str | Path | None = None, wandb: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        out_dir: str | Path | None = None, wandb: bool = False,
+                        split_off: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files.
 
     Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
@@ -343,7 +426,7 @@ def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str
     from .plots import plot_scores
     model, tokenizer, run_config = load_checkpoint(run_dir)
     api = load_api(api_path)
-    datasets = load_splits(data, run_config.get("system_prompt"), limit)
+    datasets = load_splits(data, run_config.get("system_prompt"), limit, split_off)
     tables = []
     if compare_base and hasattr(model, "disable_adapter"):
         with model.disable_adapter():

@@ -1,12 +1,14 @@
 """finetune_lab.evaluation on hand-made cases, then on a real trained run."""
 import json
+import math
 import os
+import shutil
 
 import pytest
 
 from conftest import REPO, LAB
-from finetune_lab.evaluation import (aggregate, extract_code, hallucinated_calls, load_api, rouge_l, same_program,
-                                     score, score_answers, token_f1)
+from finetune_lab.evaluation import (aggregate, extract_code, hallucinated_calls, highlight_invented, load_api,
+                                     rouge_l, same_program, score, score_answers, summary_table, token_f1)
 
 API = load_api()
 
@@ -91,3 +93,71 @@ def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_
     assert len(wandb_runs) == 1
     assert json.loads((wandb_runs[0] / "files" / "summary.json").read_text()) == list(summary.values())
     assert next(wandb_runs[0].glob("run-*.wandb")).read_bytes().count(b"eval_summary") >= 1
+
+
+# ---------------------------------------------------------------- prose answers and which family applies
+
+@pytest.mark.parametrize("reference,family", [
+    ("It is 42.", "prose"),                                  # parses (a comparison) but is prose
+    ("The garden has 3 beds.", "prose"),
+    ("garden.water(bed=2, liters=3)", "code"),
+    ("import gardenkit", "code"),
+    ("x = 1", "code"),
+    ("```bash\npip install gardenkit\n```", "code"),          # a fenced block is code whatever its language
+])
+def test_which_references_are_code(reference, family):
+    assert score("anything", reference, API)["family"] == family
+
+
+PORT_PROMPT = "Which port does the gardenkit server listen on?"
+PORT_REFERENCE = "The server listens on port 5000."
+
+
+@pytest.mark.parametrize("answer,correct,abstained,invented", [
+    ("It runs on port 8080.", 0.0, 0.0, "8080"),                            # an invented port
+    ("The gardenkit server uses port 5000.", 1.0, 0.0, ""),                 # a paraphrase with the right number
+    ("I don't know which port it uses.", 0.0, 1.0, ""),                     # abstains: not wrong, not invented
+    ("Port 5000, set in `server.toml`.", 0.0, 0.0, "server.toml"),           # right number, invented file
+])
+def test_prose_hallucinations_are_specifics_found_in_neither_reference_nor_prompt(answer, correct, abstained,
+                                                                                  invented):
+    row = score(answer, PORT_REFERENCE, API, PORT_PROMPT)
+    assert row["family"] == "prose" and math.isnan(row["parses"])
+    assert (row["accuracy"], row["abstained"], row["hallucinated"]) == (correct, abstained, invented)
+    assert row["hallucination_rate"] == float(bool(invented))
+
+
+def test_a_rate_that_applies_to_no_answer_is_nan_and_prints_n_a():
+    # code that does not use the course library: no API to check it against
+    table = score_answers(["Add one."], ["y = x + 1"], ["y = x + 2"], API, split="held-out")
+    table.insert(0, "model", "base")
+    summary = summary_table(table)
+    assert math.isnan(summary.loc[0, "hallucination_rate"]) and summary.loc[0, "family"] == "1 code"
+    assert "n/a" in summary.to_string(na_rep="n/a")
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_a_students_prose_file_splits_off_a_held_out_part(tmp_path, trained_run):
+    import subprocess
+    import sys
+    rows = [{"instruction": f"How many beds does garden {i} have?", "output": f"Garden {i} has {i + 2} beds."}
+            for i in range(10)]
+    prose = tmp_path / "my_module03.jsonl"
+    prose.write_text("\n".join(json.dumps(r) for r in rows))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    done = subprocess.run([sys.executable, str(LAB / "evaluate_model.py"), str(run), "--train", str(prose),
+                           "--no_base", "--max_new_tokens", "24"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "20% of" in done.stdout and "split off" in done.stdout
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert [r["split"] for r in summary] == ["trained", "held-out (20% of my_module03.jsonl, split off)"]
+    assert [r["n"] for r in summary] == [8, 2] and {r["family"] for r in summary} == {"8 prose", "2 prose"}
+    assert all(r["parses"] is None for r in summary)                # n/a for prose: no code to parse
+
+
+def test_invented_spans_are_highlighted_for_the_notebook():
+    table = score_answers(["Which port?", "Water bed 2."], [PORT_REFERENCE, "garden.water(bed=2, liters=3)"],
+                          ["It runs on port 8080.", "garden.irrigate(bed=2)"], API)
+    html = highlight_invented(table)
+    assert "It runs on port <mark>8080</mark>." in html and "garden.<mark>irrigate</mark>(bed=2)" in html

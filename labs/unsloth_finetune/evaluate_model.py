@@ -5,9 +5,11 @@ Who it is for: students checking "is my model ready?", instructors comparing run
 How to run (from the repository root):
     python labs/unsloth_finetune/evaluate_model.py checkpoints/smollm2-lora-r16
     python labs/unsloth_finetune/evaluate_model.py checkpoints/smollm2-lora-r16 --limit 4 --no_base   # quick look
+    python labs/unsloth_finetune/evaluate_model.py checkpoints/my-run --train my_module03.jsonl [--heldout mine.jsonl]
 It answers every prompt of the training and held-out files with the base model (adapter off) and the
-fine-tuned model, scores the answers (accuracy, exact match, token F1, ROUGE-L, parses, hallucinated
-API calls) and writes <run>/eval/: per_example.csv/.json, summary.json and scores.png.
+fine-tuned model, scores the answers as code or prose (modules/05: accuracy, abstained, hallucination rate, exact
+match, token F1, ROUGE-L, parses) and writes <run>/eval/: per_example.csv/.json (the column "hallucinated" holds
+the invented calls or specifics), summary.json and scores.png. A rate that does not apply prints n/a.
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run_dir", help="a finished run folder, e.g. checkpoints/smollm2-lora-r16")
+    parser.add_argument("--train", help="your training file (e.g. your Module 03 dataset); replaces --data")
+    parser.add_argument("--heldout", help="your held-out file; without it, 20%% of --train is split off "
+                                          "deterministically and scored as held out")
     parser.add_argument("--data", nargs="+", default=["trained=data/course_train.jsonl",
                                                       "held-out=data/course_heldout.jsonl"],
                         help="NAME=FILE pairs to evaluate on")
@@ -38,13 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true",
                         help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)")
     args = parser.parse_args(argv)
-    try:
-        data = dict(item.split("=", 1) for item in args.data)
-    except ValueError:
-        parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
+    split_off = 0.0
+    if args.train:
+        data = {"trained": args.train, **({"held-out": args.heldout} if args.heldout else {})}
+        if not args.heldout:
+            split_off = 0.2
+            print(f"no --heldout file: 20% of {args.train} is split off (the same examples every time) and scored "
+                  "as held out; they are truly held out only if the run was trained without them")
+    else:
+        try:
+            data = dict(item.split("=", 1) for item in args.data)
+        except ValueError:
+            parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
     try:
         _, summary = evaluate_checkpoint(args.run_dir, data, args.api, compare_base=not args.no_base,
-                                         limit=args.limit, max_new_tokens=args.max_new_tokens, wandb=args.wandb)
+                                         limit=args.limit, max_new_tokens=args.max_new_tokens, wandb=args.wandb,
+                                         split_off=split_off)
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -52,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; the evaluation writes its files at the end, so nothing of it was written",
               file=sys.stderr)
         return 130
-    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
     print(f"\nwritten: {Path(args.run_dir) / 'eval'}/per_example.csv, summary.json, scores.png")
     return 0
 
