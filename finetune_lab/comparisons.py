@@ -7,6 +7,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .evaluation import aggregate, evaluate_model, load_api, load_splits
+from .models import is_main_process
 from .plots import plot_losses
 from .training import run_lab
 
@@ -37,7 +38,9 @@ def compare_ranks(cfg: TrainConfig, ranks=(16, 32), overwrite: bool = False, eva
         rows.append(row)
     table = pd.DataFrame(rows)
     out = Path(cfg.output_dir)
-    table.to_csv(out / f"{cfg.run_name}-ranks.csv", index=False)
-    figure = plot_losses(histories, out / f"{cfg.run_name}-ranks.png",
+    main = is_main_process()       # under accelerate every process trains; one writes the comparison
+    if main:
+        table.to_csv(out / f"{cfg.run_name}-ranks.csv", index=False)
+    figure = plot_losses(histories, out / f"{cfg.run_name}-ranks.png" if main else None,
                          title="LoRA rank " + " vs ".join(str(r) for r in ranks))
     return table, figure

@@ -10,8 +10,6 @@ BACKENDS = ("auto", "unsloth", "transformers")
 # auto: the card's native precision (finetune_lab.runtime.choose_dtype): bf16 on Ampere and newer, fp16 on older
 # cards such as Colab's T4, fp32 on a CPU.
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-# All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
-# attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Tells the base model what is asked (code for the course library), so that base vs fine-tuned compares
 # code with code and the base model's invented API calls can be counted.
@@ -27,45 +25,61 @@ def ci_quick() -> bool:
     return os.environ.get("FINETUNE_LAB_QUICK", "") not in ("", "0", "false", "False")
 
 
+def setting(default, help: str):
+    """A TrainConfig field with its help text: the CLI's flags are built from these (name, type, default, help)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple for a sequence default")
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "smollm2-135m"          # a preset name, a hub id or a local folder
-    data: str = "data/course_train.jsonl"
-    method: str = "lora"                 # lora | qlora (4-bit base, CUDA only) | full
-    backend: str = "auto"                # auto: unsloth on a CUDA GPU when installed, else transformers
-    dtype: str = "auto"                  # auto | bfloat16 | float16 | float32 (see DTYPES)
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ALL_LINEAR
-    epochs: float = 8
-    batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 1e-3
-    max_seq_length: int = 256
-    seed: int = 42
-    max_steps: int = -1                  # > 0 overrides epochs (quick runs)
-    save_steps: int = 20                 # a resumable checkpoint every N optimizer steps
+    model: str = setting("smollm2-135m", "a preset (smollm2-135m, tinyllama-1.1b-chat, stablelm-2-zephyr-1.6b), "
+                                         "a hub id or a local folder")
+    data: str = setting("data/course_train.jsonl", "training JSONL (alpaca, chat or prompt/completion schema)")
+    method: str = setting("lora", "lora | qlora (4-bit base, CUDA only) | full")
+    backend: str = setting("auto", "auto (Unsloth on a CUDA GPU when installed, else transformers) | unsloth | "
+                                   "transformers")
+    dtype: str = setting("auto", "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on "
+                                 "older cards such as Colab's T4, fp32 on a CPU")
+    rank: int = setting(16, "LoRA rank r: capacity of the adapter (16 or 32 in this lab)")
+    alpha: int = setting(32, "LoRA alpha: the update is scaled by alpha/r")
+    dropout: float = setting(0.0, "dropout on the adapter's input")
+    # All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
+    # attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
+    target_modules: tuple[str, ...] = setting(ALL_LINEAR, "linear layers that get LoRA")
+    epochs: float = setting(8.0, "passes over the data (ignored when --max_steps > 0)")
+    batch_size: int = setting(8, "examples per device per step")
+    grad_accum: int = setting(1, "gradient accumulation: steps whose gradients add up to one update")
+    learning_rate: float = setting(1e-3, "peak learning rate (linear decay)")
+    max_seq_length: int = setting(256, "tokens per example; longer ones are truncated")
+    seed: int = setting(42, "same seed, data and config: the same loss curve on a CPU")
+    max_steps: int = setting(-1, "stop after this many optimizer steps (> 0; overrides epochs)")
+    save_steps: int = setting(20, "a resumable checkpoint every N optimizer steps")
     # Batches without pad tokens: a batch's examples laid end to end in one row, attention kept per example
     # (position ids restart at each example). Same loss, no compute spent on padding, but on the 50 short course
-    # examples a step is bound by launch overhead, not by the pad tokens: 0.52-0.63x the padded tokens/s on an H200.
-    padding_free: bool = False
+    # examples a step is bound by launch overhead, not by the pad tokens (docs/gpu has the measurements).
+    padding_free: bool = setting(False, "batches without pad tokens (examples end to end, attention kept per "
+                                        "example)")
     # Packing: fill each row up to max_seq_length with several whole examples (best-fit decreasing), attention
     # still kept per example, so each step carries several times the tokens for about the same overhead. The
-    # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps.
-    # On the course data on an H200 (Unsloth) a step carries 3.5x the tokens in 1.3x the time: 2.47x the padded
-    # batches' real tokens/s (models.use_dense_packed_mask says which attention makes that possible).
-    packing: bool = False
-    gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (where memory is plentiful)
-    # Said before every prompt, in training and evaluation alike; None keeps the model's own default.
-    system_prompt: str | None = COURSE_SYSTEM_PROMPT
-    output_dir: str = "checkpoints"
-    run_name: str = "smollm2-lora-r16"
-    wandb: bool = False
-    limit_examples: int = 0              # > 0 trains on the first N examples only (quick runs)
+    # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps
+    # (models.use_dense_packed_mask says which attention makes that fast with Unsloth).
+    packing: bool = setting(False, "fill each row with several whole examples up to --max_seq_length: more "
+                                   "tokens per step, fewer steps per epoch (on a GPU the fastest way through the "
+                                   "course data)")
+    gradient_checkpointing: bool | None = setting(None, "recompute activations in the backward pass (less memory, "
+                                                        "slower steps); default: on for a GPU, off for a CPU")
+    system_prompt: str | None = setting(COURSE_SYSTEM_PROMPT, "said before every prompt, in training and "
+                                                              "evaluation alike ('' for the model's own default)")
+    output_dir: str = setting("checkpoints", "folder that holds run folders")
+    run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
+    wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
+    limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
+        self.system_prompt = self.system_prompt or None
         self.validate()
 
     def validate(self) -> None:

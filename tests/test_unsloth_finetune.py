@@ -160,3 +160,18 @@ def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "batch_size 1000 x 1 process(es) is more than the 16 examples" in done.stdout
     assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 16
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--epochs", "1.5"], dict(epochs=1.5)),                                  # a float flag takes a fraction
+    (["--test_mode", "--max_seq_length", "256", "--batch_size", "8"],          # flags beside --test_mode win,
+     dict(max_seq_length=256, batch_size=8, max_steps=16)),                    # even when equal to the defaults
+    (["--test_mode"], dict(max_seq_length=128, batch_size=4, max_steps=16)),
+    (["--target_modules", "q_proj", "v_proj", "--no-wandb"], dict(target_modules=("q_proj", "v_proj"), wandb=False)),
+])
+def test_cli_flags_come_from_the_config_with_their_types(argv, expected):
+    import sys
+    sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
+    import train_tiny_model
+    cfg = train_tiny_model.config_from_args(train_tiny_model.build_parser().parse_args(argv))
+    assert {k: getattr(cfg, k) for k in expected} == expected

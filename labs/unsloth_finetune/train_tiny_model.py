@@ -30,60 +30,35 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing the pack
 from finetune_lab.checkpoints import CheckpointError  # noqa: E402
 from finetune_lab.config import ConfigError, TrainConfig, quick_config  # noqa: E402
 from finetune_lab.data import DatasetError  # noqa: E402
-from finetune_lab.models import PRESETS  # noqa: E402
 
-HELP = {
-    "model": f"preset ({', '.join(PRESETS)}), hub id or local folder",
-    "data": "training JSONL (alpaca, chat or prompt/completion schema)",
-    "method": "lora | qlora (4-bit base, CUDA only) | full",
-    "backend": "auto | unsloth | transformers",
-    "dtype": "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on older cards such as "
-             "Colab's T4, fp32 on a CPU",
-    "rank": "LoRA rank r: capacity of the adapter (16 or 32 in this lab)",
-    "alpha": "LoRA alpha: the update is scaled by alpha/r",
-    "epochs": "passes over the data (ignored when --max_steps > 0)",
-    "batch_size": "examples per device per step",
-    "learning_rate": "peak learning rate (linear decay)",
-    "max_steps": "stop after this many optimizer steps (> 0)",
-    "padding_free": "batches without pad tokens (examples end to end, attention kept per example)",
-    "packing": "fill each row with several whole examples up to --max_seq_length: more tokens per step, "
-               "fewer steps per epoch (on a GPU the fastest way through the course data)",
-    "output_dir": "folder that holds run folders",
-    "run_name": "name of this run's folder under --output_dir",
-}
+# The flags are TrainConfig's fields: their names, types, defaults and help text come from finetune_lab/config.py.
+FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        name = f"--{f.name}"
-        if f.name == "target_modules":
-            parser.add_argument(name, nargs="+", default=list(default), help="linear layers that get LoRA")
-        elif isinstance(default, bool) or f.name == "gradient_checkpointing":
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=HELP.get(f.name))
+        # SUPPRESS: a flag not given stays out of the namespace, so --test_mode can tell given flags from defaults
+        common = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        if f.type == "tuple[str, ...]":
+            parser.add_argument(f"--{f.name}", nargs="+", **common)
+        elif f.type in ("bool", "bool | None"):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **common)
         else:
-            kind = float if isinstance(default, float) else int if isinstance(default, int) else str
-            parser.add_argument(name, type=kind, default=default, help=HELP.get(f.name))
+            parser.add_argument(f"--{f.name}", type=FLAG_TYPES[f.type], **common)
     parser.add_argument("--heldout", default="data/course_heldout.jsonl",
                         help="held-out JSONL for one of the test prompts ('' for none)")
     parser.add_argument("--test_mode", action="store_true",
-                        help="tiny run: 16 examples, 16 steps, short sequences (tests and smoke checks)")
+                        help="tiny run: 16 examples, 16 steps, short sequences (tests and smoke checks); flags "
+                             "given beside it win")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if not args.test_mode:
-        return TrainConfig(**given)
-    defaults = TrainConfig().to_dict()
-    defaults["target_modules"] = list(defaults["target_modules"])
-    changed = {k: v for k, v in given.items() if v != defaults[k]}  # flags given on the command line win
-    return quick_config(**changed)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return quick_config(**given) if args.test_mode else TrainConfig(**given)
 
 
 def interrupted_message(cfg: TrainConfig) -> str:
