@@ -28,9 +28,8 @@ SEEDS = (42, 7, 1234)
 RECIPES = {
     "default": {},
     "4 epochs, lr 2e-3": dict(epochs=4, learning_rate=2e-3),
+    "3 epochs, lr 2e-3": dict(epochs=3, learning_rate=2e-3),
     "3 epochs, lr 3e-3": dict(epochs=3, learning_rate=3e-3),
-    "4 epochs, lr 2e-3, attention only": dict(epochs=4, learning_rate=2e-3,
-                                              target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
 }
 
 
