@@ -127,6 +127,8 @@ def _example_from_chat(row: dict, path, line: int) -> Example:
 
 
 def _example(row: dict, schema: str, path, line: int, system_prompt: str | None) -> Example:
+    # A row's own "system" field (Alpaca and prompt/completion files often carry one) wins over the run's default.
+    system_prompt = _text(row, "system", path, line, optional=True) or system_prompt
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     if schema == "alpaca":
         user = alpaca_user_text(_text(row, "instruction", path, line), _text(row, "input", path, line, optional=True))

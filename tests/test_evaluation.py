@@ -161,3 +161,23 @@ def test_invented_spans_are_highlighted_for_the_notebook():
                           ["It runs on port 8080.", "garden.irrigate(bed=2)"], API)
     html = highlight_invented(table)
     assert "It runs on port <mark>8080</mark>." in html and "garden.<mark>irrigate</mark>(bed=2)" in html
+
+
+def test_every_schema_is_evaluated_with_its_own_turns(tmp_path):
+    from finetune_lab.evaluation import load_splits
+    files = {
+        "alpaca": {"system": "Answer in one sentence.", "instruction": "Which port?", "output": "Port 5000."},
+        "chat": {"messages": [{"role": "user", "content": "Make a garden."},
+                              {"role": "assistant", "content": "g = gardenkit.Garden('A')"},
+                              {"role": "user", "content": "Which port?"}, {"role": "assistant", "content": "Port 5000."}]},
+        "prompt_completion": {"prompt": "Which port?", "completion": "Port 5000."},
+    }
+    for name, row in files.items():
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    splits = load_splits({n: str(tmp_path / f"{n}.jsonl") for n in files}, system_prompt="Default system.")
+    prompts = {n: ds.examples[0].prompt for n, ds in splits.items()}
+    assert prompts["alpaca"][0] == {"role": "system", "content": "Answer in one sentence."}       # the row's own
+    assert [t["role"] for t in prompts["chat"]] == ["system", "user", "assistant", "user"]          # every turn
+    assert prompts["prompt_completion"] == [{"role": "system", "content": "Default system."},
+                                            {"role": "user", "content": "Which port?"}]
+    assert all(ds.examples[0].completion == "Port 5000." for ds in splits.values())
