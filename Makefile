@@ -32,8 +32,10 @@ model: setup
 lab: model
 	$(PY) labs/unsloth_finetune/train_tiny_model.py $(ARGS)
 
-# The test suite, notebooks included (nbval). CI runs exactly this (.ci/run).
+# The linter, then the test suite, notebooks included (nbval). CI runs exactly this (.ci/run).
 test: model
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	FINETUNE_LAB_QUICK=1 $(PY) -m pytest $(ARGS)
 
 clean-venv:

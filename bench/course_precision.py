@@ -13,6 +13,7 @@ the embedded SmolLM2's tokenizer, so the course examples have realistic token co
 50 examples, 8 epochs, batch 8, r=16), fp16 cases under scripts/t4sim (the card reports a T4's compute
 capability, so the lab picks fp16 as on Colab). Speed is the real card's, not a T4's.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,15 @@ def build(out: Path) -> None:
 
     from finetune_lab.models import ensure_embedded_base
     from finetune_lab.shapes import PRESET_SHAPES
+
     values = dict(PRESET_SHAPES["tinyllama-1.1b-chat"])
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_base())
-    values.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)
+    values.update(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     config = AutoConfig.for_model(values.pop("model_type"), **values)
     AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(out)
@@ -47,6 +53,7 @@ def estimate_mb(model_dir: Path, method: str, dtype: str) -> float:
 
     from finetune_lab.config import TrainConfig
     from finetune_lab.memory import estimate, shape_of
+
     cfg = TrainConfig()
     shape = shape_of(AutoConfig.from_pretrained(model_dir), cfg.target_modules)
     return estimate(shape, method, dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, True).total_mb
@@ -58,19 +65,44 @@ def run(model_dir: Path, results: Path) -> None:
         env = dict(os.environ)
         if dtype == "float16":
             env["PYTHONPATH"] = f"{REPO / 'scripts' / 't4sim'}:{env.get('PYTHONPATH', '')}"
-        done = subprocess.run([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
-                               "--model", str(model_dir), "--method", method, "--heldout", "",
-                               "--output_dir", str(results.parent / "runs"), "--run_name", name, "--overwrite"],
-                              capture_output=True, text=True, cwd=REPO, env=env)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+                "--model",
+                str(model_dir),
+                "--method",
+                method,
+                "--heldout",
+                "",
+                "--output_dir",
+                str(results.parent / "runs"),
+                "--run_name",
+                name,
+                "--overwrite",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
         (results.parent / f"{name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
         row = {"method": method, "dtype": dtype, "rc": done.returncode}
         summary = results.parent / "runs" / name / "summary.json"
         if summary.exists():
             s = json.loads(summary.read_text())
-            row.update(device=s["device"], chosen_dtype=s["dtype"], backend=s["backend"], steps=s["steps"],
-                       train_seconds=s["train_seconds"], step_ms=round(1000 * s["train_seconds"] / s["steps"], 1),
-                       peak_mb=s["peak_memory_mb"], first_loss=s["first_loss"], last_loss=s["last_loss"],
-                       estimate_mb=round(estimate_mb(model_dir, method, dtype)))
+            row.update(
+                device=s["device"],
+                chosen_dtype=s["dtype"],
+                backend=s["backend"],
+                steps=s["steps"],
+                train_seconds=s["train_seconds"],
+                step_ms=round(1000 * s["train_seconds"] / s["steps"], 1),
+                peak_mb=s["peak_memory_mb"],
+                first_loss=s["first_loss"],
+                last_loss=s["last_loss"],
+                estimate_mb=round(estimate_mb(model_dir, method, dtype)),
+            )
         print(json.dumps(row), flush=True)
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -78,15 +110,20 @@ def run(model_dir: Path, results: Path) -> None:
 
 def table(results: Path) -> str:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    out = ["| method | dtype (as chosen) | steps | training s | ms/step | peak GiB measured | preflight estimate GiB "
-           "| estimate / measured |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = [
+        "| method | dtype (as chosen) | steps | training s | ms/step | peak GiB measured | preflight estimate GiB "
+        "| estimate / measured |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if r["rc"]:
             out.append(f"| {r['method']} | {r['dtype']} | failed (rc {r['rc']}) | | | | | |")
             continue
-        out.append(f"| {r['method']} | {r['chosen_dtype']} ({r['device'].split(' (', 1)[-1][:-1]}) | {r['steps']} | "
-                   f"{r['train_seconds']} | {r['step_ms']} | {r['peak_mb'] / 1024:.2f} | {r['estimate_mb'] / 1024:.2f} | "
-                   f"{r['estimate_mb'] / r['peak_mb']:.2f}x |")
+        out.append(
+            f"| {r['method']} | {r['chosen_dtype']} ({r['device'].split(' (', 1)[-1][:-1]}) | {r['steps']} | "
+            f"{r['train_seconds']} | {r['step_ms']} | {r['peak_mb'] / 1024:.2f} | {r['estimate_mb'] / 1024:.2f} | "
+            f"{r['estimate_mb'] / r['peak_mb']:.2f}x |"
+        )
     return "\n".join(out)
 
 

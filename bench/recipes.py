@@ -9,6 +9,7 @@ Each run trains the embedded SmolLM2-135M with the lab's own run_lab on data/cou
 then answers all 50 trained and 12 held-out prompts greedily (96 new tokens) and scores them (accuracy as in
 modules/05). The default recipe is a row of the same run, so the ratios compare like with like.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ RECIPES = {
 def run_one(name: str, seed: int, out: Path) -> dict:
     from finetune_lab.evaluation import aggregate, evaluate_model, load_api, load_splits
     from finetune_lab.training import run_lab
+
     cfg = TrainConfig(**RECIPES[name], seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         lab = run_lab(cfg.replace(output_dir=tmp, run_name="r"), max_new_tokens=8)
@@ -43,9 +45,16 @@ def run_one(name: str, seed: int, out: Path) -> dict:
         start = time.perf_counter()
         table = evaluate_model(lab.model, lab.tokenizer, splits, load_api(), max_new_tokens=96)
     scores = {split: aggregate(part)["accuracy"] for split, part in table.groupby("split")}
-    row = {"recipe": name, "seed": seed, "steps": lab.result.steps, "train_seconds": round(lab.result.seconds, 1),
-           "final_loss": round(lab.result.losses[-1], 4), "trained_accuracy": round(scores["trained"], 3),
-           "heldout_accuracy": round(scores["held-out"], 3), "eval_seconds": round(time.perf_counter() - start, 1)}
+    row = {
+        "recipe": name,
+        "seed": seed,
+        "steps": lab.result.steps,
+        "train_seconds": round(lab.result.seconds, 1),
+        "final_loss": round(lab.result.losses[-1], 4),
+        "trained_accuracy": round(scores["trained"], 3),
+        "heldout_accuracy": round(scores["held-out"], 3),
+        "eval_seconds": round(time.perf_counter() - start, 1),
+    }
     with out.open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
@@ -58,19 +67,25 @@ def table(results: Path, plot: Path | None = None) -> str:
     for r in rows:
         by.setdefault(r["recipe"], []).append(r)
     base = statistics.mean(r["train_seconds"] for r in by["default"])
-    out = ["| recipe | seeds | steps | training s (mean, range) | vs default | trained acc (mean, min) "
-           "| held-out acc (mean, min) | target met |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    out = [
+        "| recipe | seeds | steps | training s (mean, range) | vs default | trained acc (mean, min) "
+        "| held-out acc (mean, min) | target met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name, runs in by.items():
         secs = [r["train_seconds"] for r in runs]
         tr = [r["trained_accuracy"] for r in runs]
         ho = [r["heldout_accuracy"] for r in runs]
         ratio = statistics.mean(secs) / base
         met = min(tr) >= 0.95 and min(ho) >= 0.90 and ratio <= 0.5
-        out.append(f"| {name} | {len(runs)} | {runs[0]['steps']} | {statistics.mean(secs):.1f} ({min(secs):.1f}-"
-                   f"{max(secs):.1f}) | {ratio:.2f}x | {statistics.mean(tr):.3f} ({min(tr):.3f}) | "
-                   f"{statistics.mean(ho):.3f} ({min(ho):.3f}) | {'yes' if met else 'no'} |")
+        out.append(
+            f"| {name} | {len(runs)} | {runs[0]['steps']} | {statistics.mean(secs):.1f} ({min(secs):.1f}-"
+            f"{max(secs):.1f}) | {ratio:.2f}x | {statistics.mean(tr):.3f} ({min(tr):.3f}) | "
+            f"{statistics.mean(ho):.3f} ({min(ho):.3f}) | {'yes' if met else 'no'} |"
+        )
     if plot is not None:
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
         for name, runs in by.items():
             ax.scatter([r["train_seconds"] for r in runs], [r["heldout_accuracy"] for r in runs], label=name)
@@ -89,7 +104,7 @@ if __name__ == "__main__":
     verb, path = sys.argv[1], Path(sys.argv[2])
     if verb == "run":
         names = sys.argv[3:] or list(RECIPES)
-        for seed in SEEDS:                     # seeds outermost: every recipe sees the machine in the same state
+        for seed in SEEDS:  # seeds outermost: every recipe sees the machine in the same state
             for name in names:
                 run_one(name, seed, path)
     elif verb == "table":

@@ -41,6 +41,7 @@ class Garden:
 def load_garden(path: str) -> Garden: ...
 def frost_dates(zone: int) -> tuple[str, str]:
     """(last spring frost, first autumn frost) as ISO dates for a hardiness zone."""
+
 def companion_plants(species: str) -> list[str]: ...
 def schedule(garden: Garden, days: int = 7) -> list[Task]:
     """The watering and harvest tasks for the next `days` days."""

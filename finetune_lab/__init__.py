@@ -3,6 +3,7 @@
 The notebooks in labs/ show the lesson's code; the plumbing they share with the CLI lives here, one
 module per concern: data, models, training, checkpoints, generation, evaluation, plots, tracking.
 """
+
 from .config import ConfigError, TrainConfig, ci_quick, quick_config
 from .data import DatasetError, load_jsonl
 

@@ -11,6 +11,7 @@ checkpoints/<run>.lock      held by the one process training <run> (its pid), fr
 Only folders with these marker files are ever replaced (--overwrite) or continued (--resume); anything else under
 those names is refused before any model loads, and left as it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,11 @@ class RunPaths:
         return self.run.with_name(self.run.name + LOCK_SUFFIX)
 
     def latest_resume_checkpoint(self) -> Path | None:
-        steps = [(int(p.name.split("-")[1]), p) for p in self.resume.glob("checkpoint-*")
-                 if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()]
+        steps = [
+            (int(p.name.split("-")[1]), p)
+            for p in self.resume.glob("checkpoint-*")
+            if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
+        ]
         return max(steps)[1] if steps else None
 
 
@@ -61,16 +65,20 @@ def is_interrupted_run(folder: Path) -> bool:
 
 def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
     kind = "a file" if not path.is_dir() else f"a folder without {marker}"
-    return ConfigError(f"{path} is {kind}, not {what} of this lab; the lab replaces only its own runs, so nothing "
-                       "was touched. Choose another --run_name or --output_dir")
+    return ConfigError(
+        f"{path} is {kind}, not {what} of this lab; the lab replaces only its own runs, so nothing "
+        "was touched. Choose another --run_name or --output_dir"
+    )
 
 
 def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, resume: bool = False) -> RunPaths:
     """Check the run folder before any heavy work; nothing is written or deleted here."""
     paths = RunPaths.of(output_dir, run_name)
     if run_name.endswith((RESUME_SUFFIX, LOCK_SUFFIX)):
-        raise ConfigError(f"run_name {run_name!r} ends in {RESUME_SUFFIX} or {LOCK_SUFFIX}, which the lab uses for "
-                          "an interrupted run's checkpoints and its lock; choose a name without it")
+        raise ConfigError(
+            f"run_name {run_name!r} ends in {RESUME_SUFFIX} or {LOCK_SUFFIX}, which the lab uses for "
+            "an interrupted run's checkpoints and its lock; choose a name without it"
+        )
     if overwrite and resume:
         raise ConfigError("choose either --overwrite (start again) or --resume (continue), not both")
     if paths.run.exists() and not is_finished_run(paths.run):
@@ -79,17 +87,19 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
         raise _not_ours(paths.resume, RESUME_CONFIG, "an interrupted run")
     if resume:
         if paths.latest_resume_checkpoint() is None:
-            raise ConfigError(f"nothing to resume: {paths.resume} holds no checkpoint. "
-                              "Start the run without --resume")
+            raise ConfigError(f"nothing to resume: {paths.resume} holds no checkpoint. Start the run without --resume")
         if paths.run.exists():
             raise ConfigError(f"{paths.run} is already complete; pass --overwrite to train it again")
         return paths
     if paths.run.exists() and not overwrite:
-        raise ConfigError(f"{paths.run} already holds a finished run; pass --overwrite to replace it, "
-                          "or choose another --run_name")
+        raise ConfigError(
+            f"{paths.run} already holds a finished run; pass --overwrite to replace it, or choose another --run_name"
+        )
     if paths.resume.exists() and not overwrite:
-        raise ConfigError(f"{paths.resume} holds an interrupted run: continue it with --resume, or pass "
-                          "--overwrite to start again (or choose another --run_name)")
+        raise ConfigError(
+            f"{paths.resume} holds an interrupted run: continue it with --resume, or pass "
+            "--overwrite to start again (or choose another --run_name)"
+        )
     return paths
 
 
@@ -98,7 +108,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:      # alive, owned by someone else
+    except PermissionError:  # alive, owned by someone else
         return True
     return True
 
@@ -119,23 +129,28 @@ class RunLock:
             self.made_folder = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an "
-                              "--output_dir you can write to") from None
+            raise ConfigError(
+                f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an "
+                "--output_dir you can write to"
+            ) from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None and _pid_alive(holder):
-                    raise ConfigError(f"another process (pid {holder}) is training this run right now "
-                                      f"({self.path} is its lock); wait for it to finish or stop it, then run "
-                                      "this command again. Nothing was touched") from None
+                    raise ConfigError(
+                        f"another process (pid {holder}) is training this run right now "
+                        f"({self.path} is its lock); wait for it to finish or stop it, then run "
+                        "this command again. Nothing was touched"
+                    ) from None
                 print(f"[finetune_lab] removed a stale lock {self.path} (pid {holder} is no longer running)")
                 self.path.unlink(missing_ok=True)
                 continue
             except OSError as err:
-                raise ConfigError(f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir "
-                                  "you can write to") from None
+                raise ConfigError(
+                    f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir you can write to"
+                ) from None
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             self.held = True
@@ -152,7 +167,7 @@ class RunLock:
         if self.held and self._holder() == os.getpid():
             self.path.unlink(missing_ok=True)
             if self.made_folder and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()          # a run that stopped before writing anything leaves nothing
+                self.path.parent.rmdir()  # a run that stopped before writing anything leaves nothing
         self.held = False
 
     def __enter__(self) -> "RunLock":
@@ -221,8 +236,10 @@ def read_json(path: Path, fix: str) -> dict:
 def read_run_config(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_CONFIG).exists():
-        raise CheckpointError(f"{run_dir} is not a finished run folder (no {RUN_CONFIG}); "
-                              "pass a folder under checkpoints/ written by train_tiny_model.py")
+        raise CheckpointError(
+            f"{run_dir} is not a finished run folder (no {RUN_CONFIG}); "
+            "pass a folder under checkpoints/ written by train_tiny_model.py"
+        )
     return read_json(run_dir / RUN_CONFIG, "retrain the run, or restore the file from a copy")
 
 
@@ -232,8 +249,9 @@ def _check_weights(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; {fix}")
     from safetensors import SafetensorError, safe_open
+
     try:
-        with safe_open(path, framework="pt") as f:   # checks the header against the file's length
+        with safe_open(path, framework="pt") as f:  # checks the header against the file's length
             f.keys()
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is damaged (empty or cut off: {err}); {fix}") from None
@@ -241,11 +259,14 @@ def _check_weights(path: Path) -> None:
 
 def _load_tokenizer(run_dir: Path):
     from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(run_dir)
     except Exception as err:  # transformers raises OSError, ValueError, TypeError... for missing or broken files
-        raise CheckpointError(f"the tokenizer files of {run_dir} (tokenizer.json, tokenizer_config.json) are missing "
-                              f"or damaged ({type(err).__name__}); restore them from a copy or retrain the run") from None
+        raise CheckpointError(
+            f"the tokenizer files of {run_dir} (tokenizer.json, tokenizer_config.json) are missing "
+            f"or damaged ({type(err).__name__}); restore them from a copy or retrain the run"
+        ) from None
 
 
 def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | None = None):
@@ -259,6 +280,7 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
 
     from .models import base_fingerprint, nf4_config, resolve_model
     from .runtime import choose_dtype, gpu
+
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -273,6 +295,7 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     _check_weights(run_dir / "adapter_model.safetensors")
     tokenizer = _load_tokenizer(run_dir)
     from peft import PeftModel
+
     kwargs = {"dtype": dtype}
     if run_config.get("method") == "qlora" and device != "cpu":
         # The adapter learned on 4-bit NF4 base weights; reloading on the same base keeps its answers.
@@ -281,9 +304,11 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     expected, found = run_config.get("base_fingerprint"), base_fingerprint(base_model)
     if expected and expected != found:
         diff = {k: (expected[k], found.get(k)) for k in expected if expected[k] != found.get(k)}
-        raise CheckpointError(f"{run_dir} was trained on {run_config['model']} but the base given has another "
-                              f"architecture ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}); "
-                              f"load it with base={run_config['model']!r}")
+        raise CheckpointError(
+            f"{run_dir} was trained on {run_config['model']} but the base given has another "
+            f"architecture ({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in diff.items())}); "
+            f"load it with base={run_config['model']!r}"
+        )
     model = PeftModel.from_pretrained(base_model, run_dir)
     if "quantization_config" not in kwargs:
         model = model.to(device)

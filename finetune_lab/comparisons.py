@@ -1,4 +1,5 @@
 """LoRA rank 16 vs 32 (the module's bonus): same seed, data and settings, only the rank differs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,14 @@ from .plots import plot_losses
 from .training import run_lab
 
 
-def compare_ranks(cfg: TrainConfig, ranks=(16, 32), overwrite: bool = False, eval_data: dict[str, str] | None = None,
-                  eval_limit: int = 0, max_new_tokens: int = 96) -> tuple[pd.DataFrame, object]:
+def compare_ranks(
+    cfg: TrainConfig,
+    ranks=(16, 32),
+    overwrite: bool = False,
+    eval_data: dict[str, str] | None = None,
+    eval_limit: int = 0,
+    max_new_tokens: int = 96,
+) -> tuple[pd.DataFrame, object]:
     """Train one run per rank (alpha = 2 x rank, so the update scale alpha/r stays the same) and tabulate
     training time, trainable parameters, final loss and evaluation scores; overlay the loss curves.
 
@@ -26,9 +33,15 @@ def compare_ranks(cfg: TrainConfig, ranks=(16, 32), overwrite: bool = False, eva
         run_cfg = cfg.replace(rank=rank, alpha=2 * rank, run_name=f"{cfg.run_name}-r{rank}")
         lab = run_lab(run_cfg, overwrite=overwrite, max_new_tokens=max_new_tokens)
         histories[f"rank {rank}"] = lab.result.history
-        row = {"rank": rank, "alpha": 2 * rank, "trainable_params": lab.result.trainable_params,
-               "train_seconds": round(lab.result.seconds, 1), "steps": lab.result.steps,
-               "final_loss": round(lab.result.losses[-1], 4), "run": str(lab.run_dir)}
+        row = {
+            "rank": rank,
+            "alpha": 2 * rank,
+            "trainable_params": lab.result.trainable_params,
+            "train_seconds": round(lab.result.seconds, 1),
+            "steps": lab.result.steps,
+            "final_loss": round(lab.result.losses[-1], 4),
+            "run": str(lab.run_dir),
+        }
         if datasets:
             table = evaluate_model(lab.model, lab.tokenizer, datasets, api, max_new_tokens, label=f"r{rank}")
             for split, part in table.groupby("split", sort=False):
@@ -38,9 +51,12 @@ def compare_ranks(cfg: TrainConfig, ranks=(16, 32), overwrite: bool = False, eva
         rows.append(row)
     table = pd.DataFrame(rows)
     out = Path(cfg.output_dir)
-    main = is_main_process()       # under accelerate every process trains; one writes the comparison
+    main = is_main_process()  # under accelerate every process trains; one writes the comparison
     if main:
         table.to_csv(out / f"{cfg.run_name}-ranks.csv", index=False)
-    figure = plot_losses(histories, out / f"{cfg.run_name}-ranks.png" if main else None,
-                         title="LoRA rank " + " vs ".join(str(r) for r in ranks))
+    figure = plot_losses(
+        histories,
+        out / f"{cfg.run_name}-ranks.png" if main else None,
+        title="LoRA rank " + " vs ".join(str(r) for r in ranks),
+    )
     return table, figure

@@ -1,4 +1,5 @@
 """The typed configuration of one training run, shared by the CLI, the notebooks and the tests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,20 @@ def setting(default, help: str):
 
 @dataclass
 class TrainConfig:
-    model: str = setting("smollm2-135m", "a preset (smollm2-135m, tinyllama-1.1b-chat, stablelm-2-zephyr-1.6b), "
-                                         "a hub id or a local folder")
+    model: str = setting(
+        "smollm2-135m",
+        "a preset (smollm2-135m, tinyllama-1.1b-chat, stablelm-2-zephyr-1.6b), a hub id or a local folder",
+    )
     data: str = setting("data/course_train.jsonl", "training JSONL (alpaca, chat or prompt/completion schema)")
     method: str = setting("lora", "lora | qlora (4-bit base, CUDA only) | full")
-    backend: str = setting("auto", "auto (Unsloth on a CUDA GPU when installed, else transformers) | unsloth | "
-                                   "transformers")
-    dtype: str = setting("auto", "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on "
-                                 "older cards such as Colab's T4, fp32 on a CPU")
+    backend: str = setting(
+        "auto", "auto (Unsloth on a CUDA GPU when installed, else transformers) | unsloth | transformers"
+    )
+    dtype: str = setting(
+        "auto",
+        "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on "
+        "older cards such as Colab's T4, fp32 on a CPU",
+    )
     rank: int = setting(16, "LoRA rank r: capacity of the adapter (16 or 32 in this lab)")
     alpha: int = setting(32, "LoRA alpha: the update is scaled by alpha/r")
     dropout: float = setting(0.0, "dropout on the adapter's input")
@@ -59,19 +66,25 @@ class TrainConfig:
     # Batches without pad tokens: a batch's examples laid end to end in one row, attention kept per example
     # (position ids restart at each example). Same loss, no compute spent on padding, but on the 50 short course
     # examples a step is bound by launch overhead, not by the pad tokens (docs/gpu has the measurements).
-    padding_free: bool = setting(False, "batches without pad tokens (examples end to end, attention kept per "
-                                        "example)")
+    padding_free: bool = setting(False, "batches without pad tokens (examples end to end, attention kept per example)")
     # Packing: fill each row up to max_seq_length with several whole examples (best-fit decreasing), attention
     # still kept per example, so each step carries several times the tokens for about the same overhead. The
     # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps
     # (models.use_dense_packed_mask says which attention makes that fast with Unsloth).
-    packing: bool = setting(False, "fill each row with several whole examples up to --max_seq_length: more "
-                                   "tokens per step, fewer steps per epoch (on a GPU the fastest way through the "
-                                   "course data)")
-    gradient_checkpointing: bool | None = setting(None, "recompute activations in the backward pass (less memory, "
-                                                        "slower steps); default: on for a GPU, off for a CPU")
-    system_prompt: str | None = setting(COURSE_SYSTEM_PROMPT, "said before every prompt, in training and "
-                                                              "evaluation alike ('' for the model's own default)")
+    packing: bool = setting(
+        False,
+        "fill each row with several whole examples up to --max_seq_length: more "
+        "tokens per step, fewer steps per epoch (on a GPU the fastest way through the "
+        "course data)",
+    )
+    gradient_checkpointing: bool | None = setting(
+        None,
+        "recompute activations in the backward pass (less memory, slower steps); default: on for a GPU, off for a CPU",
+    )
+    system_prompt: str | None = setting(
+        COURSE_SYSTEM_PROMPT,
+        "said before every prompt, in training and evaluation alike ('' for the model's own default)",
+    )
     output_dir: str = setting("checkpoints", "folder that holds run folders")
     run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
     wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
@@ -89,9 +102,16 @@ class TrainConfig:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        positive = {"rank": self.rank, "alpha": self.alpha, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "grad_accum": self.grad_accum, "learning_rate": self.learning_rate,
-                    "max_seq_length": self.max_seq_length, "save_steps": self.save_steps}
+        positive = {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "learning_rate": self.learning_rate,
+            "max_seq_length": self.max_seq_length,
+            "save_steps": self.save_steps,
+        }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value}")

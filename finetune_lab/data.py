@@ -9,6 +9,7 @@ number, what is wrong and how to fix it. Every example becomes a conversational 
 the prompt is the chat up to the last assistant turn, the completion is that turn, and only the
 completion's tokens are trained on.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,10 +39,10 @@ class DatasetError(ValueError):
 
 @dataclass
 class Example:
-    prompt: list[dict]          # chat messages ending in a user turn
-    completion: str             # the assistant answer the model learns
-    line: int                   # where it came from, for messages about it
-    ignored_turns: int = 0      # chat turns after the last assistant answer (nothing to learn from them)
+    prompt: list[dict]  # chat messages ending in a user turn
+    completion: str  # the assistant answer the model learns
+    line: int  # where it came from, for messages about it
+    ignored_turns: int = 0  # chat turns after the last assistant answer (nothing to learn from them)
 
     @property
     def user_text(self) -> str:
@@ -74,8 +75,15 @@ def alpaca_user_text(instruction: str, input_text: str = "") -> str:
 def _schema_of(row: dict) -> str | list[str] | None:
     """The schema a row is written in, judged by its telltale fields; a list when it mixes several."""
     keys = set(row)
-    found = [name for name, telltale in (("alpaca", {"instruction", "output"}), ("chat", {"messages"}),
-                                         ("prompt_completion", {"prompt", "completion"})) if telltale & keys]
+    found = [
+        name
+        for name, telltale in (
+            ("alpaca", {"instruction", "output"}),
+            ("chat", {"messages"}),
+            ("prompt_completion", {"prompt", "completion"}),
+        )
+        if telltale & keys
+    ]
     if not found:
         return None
     return found[0] if len(found) == 1 else found
@@ -90,8 +98,12 @@ def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
     if value is None and optional:
         return ""
     if not isinstance(value, str):
-        raise DatasetError(path, f'field "{key}" is {type(value).__name__}, not a string',
-                           f'make "{key}" a JSON string (in quotes)', line)
+        raise DatasetError(
+            path,
+            f'field "{key}" is {type(value).__name__}, not a string',
+            f'make "{key}" a JSON string (in quotes)',
+            line,
+        )
     if not value.strip() and not optional:
         raise DatasetError(path, f'field "{key}" is empty', f'write the text of "{key}" or delete this line', line)
     return value
@@ -100,30 +112,53 @@ def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
 def _example_from_chat(row: dict, path, line: int) -> Example:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
-        raise DatasetError(path, '"messages" is not a non-empty list',
-                           'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
-                           line)
+        raise DatasetError(
+            path,
+            '"messages" is not a non-empty list',
+            'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
+            line,
+        )
     clean = []
     for i, turn in enumerate(messages):
         if not isinstance(turn, dict):
-            raise DatasetError(path, f"message {i} is {type(turn).__name__}, not an object",
-                               'write each message as {"role": ..., "content": ...}', line)
+            raise DatasetError(
+                path,
+                f"message {i} is {type(turn).__name__}, not an object",
+                'write each message as {"role": ..., "content": ...}',
+                line,
+            )
         role = turn.get("role")
         if role not in ROLES:
-            raise DatasetError(path, f"message {i} has role {role!r}, which is not one of {', '.join(ROLES)}",
-                               "use system, user or assistant as the role", line)
+            raise DatasetError(
+                path,
+                f"message {i} has role {role!r}, which is not one of {', '.join(ROLES)}",
+                "use system, user or assistant as the role",
+                line,
+            )
         content = _text(turn, "content", path, line)
         clean.append({"role": role, "content": content})
     last_assistant = max((i for i, t in enumerate(clean) if t["role"] == "assistant"), default=None)
     if last_assistant is None:
-        raise DatasetError(path, "the chat has no assistant turn to learn from",
-                           "end the messages with the answer the model should give, role assistant", line)
+        raise DatasetError(
+            path,
+            "the chat has no assistant turn to learn from",
+            "end the messages with the answer the model should give, role assistant",
+            line,
+        )
     prompt = clean[:last_assistant]
     if not any(t["role"] == "user" for t in prompt):
-        raise DatasetError(path, "the assistant turn has no user turn before it",
-                           "put the user's question before the assistant's answer", line)
-    return Example(prompt=prompt, completion=clean[last_assistant]["content"], line=line,
-                   ignored_turns=len(clean) - 1 - last_assistant)
+        raise DatasetError(
+            path,
+            "the assistant turn has no user turn before it",
+            "put the user's question before the assistant's answer",
+            line,
+        )
+    return Example(
+        prompt=prompt,
+        completion=clean[last_assistant]["content"],
+        line=line,
+        ignored_turns=len(clean) - 1 - last_assistant,
+    )
 
 
 def _example(row: dict, schema: str, path, line: int, system_prompt: str | None) -> Example:
@@ -132,11 +167,15 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     if schema == "alpaca":
         user = alpaca_user_text(_text(row, "instruction", path, line), _text(row, "input", path, line, optional=True))
-        return Example(prompt=system + [{"role": "user", "content": user}],
-                       completion=_text(row, "output", path, line), line=line)
+        return Example(
+            prompt=system + [{"role": "user", "content": user}], completion=_text(row, "output", path, line), line=line
+        )
     if schema == "prompt_completion":
-        return Example(prompt=system + [{"role": "user", "content": _text(row, "prompt", path, line)}],
-                       completion=_text(row, "completion", path, line), line=line)
+        return Example(
+            prompt=system + [{"role": "user", "content": _text(row, "prompt", path, line)}],
+            completion=_text(row, "completion", path, line),
+            line=line,
+        )
     example = _example_from_chat(row, path, line)
     if system and example.prompt[0]["role"] != "system":
         example.prompt = system + example.prompt
@@ -145,8 +184,9 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.exists():
-        raise DatasetError(path, "the file does not exist",
-                           "check the path (it is read relative to the folder you run from)")
+        raise DatasetError(
+            path, "the file does not exist", "check the path (it is read relative to the folder you run from)"
+        )
     if path.is_dir():
         raise DatasetError(path, "this is a folder, not a file", "pass the path of a .jsonl file")
     raw = path.read_bytes()
@@ -154,12 +194,15 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise DatasetError(path, f"byte {raw[err.start]:#04x} is not UTF-8",
-                           "save the file as UTF-8 (most editors have it under 'Save with encoding')", line) from None
+        raise DatasetError(
+            path,
+            f"byte {raw[err.start]:#04x} is not UTF-8",
+            "save the file as UTF-8 (most editors have it under 'Save with encoding')",
+            line,
+        ) from None
     if not text.strip():
         what = "the file is empty" if not text else "the file holds only blank lines"
-        raise DatasetError(path, what, "put one JSON object per line, e.g. "
-                           '{"instruction": "...", "output": "..."}')
+        raise DatasetError(path, what, 'put one JSON object per line, e.g. {"instruction": "...", "output": "..."}')
     return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
@@ -171,29 +214,47 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     examples = []
     for n, line in _read_lines(path):
         if len(line) > MAX_LINE_CHARS:
-            raise DatasetError(path, f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
-                               "split it into shorter examples, or check that a whole file was not pasted "
-                               "into one field", n)
+            raise DatasetError(
+                path,
+                f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
+                "split it into shorter examples, or check that a whole file was not pasted into one field",
+                n,
+            )
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DatasetError(path, f"the line is not valid JSON ({err.msg} at column {err.colno})",
-                               "check for a cut-off line, a missing quote or comma, or single quotes "
-                               "(JSON needs double quotes)", n) from None
+            raise DatasetError(
+                path,
+                f"the line is not valid JSON ({err.msg} at column {err.colno})",
+                "check for a cut-off line, a missing quote or comma, or single quotes (JSON needs double quotes)",
+                n,
+            ) from None
         if not isinstance(row, dict):
-            raise DatasetError(path, f"the line is a JSON {type(row).__name__}, not an object",
-                               "write each example as one {...} object per line", n)
+            raise DatasetError(
+                path,
+                f"the line is a JSON {type(row).__name__}, not an object",
+                "write each example as one {...} object per line",
+                n,
+            )
         row_schema = _schema_of(row)
         if row_schema is None or isinstance(row_schema, list):
             names = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
             what = "match none" if row_schema is None else f"mix {' and '.join(row_schema)}, two"
-            raise DatasetError(path, f"the fields {sorted(row)} {what} of the three schemas ({names})",
-                               "rename the fields to exactly one of those schemas", n)
+            raise DatasetError(
+                path,
+                f"the fields {sorted(row)} {what} of the three schemas ({names})",
+                "rename the fields to exactly one of those schemas",
+                n,
+            )
         if schema is None:
             schema, schema_line = row_schema, n
         elif row_schema != schema:
-            raise DatasetError(path, f"this line uses the {row_schema} schema but line {schema_line} uses {schema}",
-                               "use one schema for the whole file", n)
+            raise DatasetError(
+                path,
+                f"this line uses the {row_schema} schema but line {schema_line} uses {schema}",
+                "use one schema for the whole file",
+                n,
+            )
         examples.append(_example(row, schema, path, n, system_prompt))
     trailing = [ex.line for ex in examples if ex.ignored_turns]
     seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
@@ -202,9 +263,11 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     if duplicates:
         dataset.warnings.append(f"{path}: {duplicates} duplicate example(s); they are kept and weigh double")
     if trailing:
-        dataset.warnings.append(f"{path}, line(s) {', '.join(map(str, trailing[:10]))}: the chat goes on after its "
-                                "last assistant answer; those turns are not trained on (end each chat with the "
-                                "answer to learn)")
+        dataset.warnings.append(
+            f"{path}, line(s) {', '.join(map(str, trailing[:10]))}: the chat goes on after its "
+            "last assistant answer; those turns are not trained on (end each chat with the "
+            "answer to learn)"
+        )
     return dataset
 
 
@@ -222,9 +285,11 @@ def chat_markers(tokenizer) -> list[str]:
     return sorted((m for m in markers if len(m) >= 3), key=len, reverse=True)
 
 
-_WHERE = {"system": ("the system prompt", "it would rewrite the instructions the model is given"),
-          "user": ("a user turn", "it injects a fake turn into the conversation"),
-          "assistant": ("an earlier assistant turn", "it fakes a turn boundary in the context")}
+_WHERE = {
+    "system": ("the system prompt", "it would rewrite the instructions the model is given"),
+    "user": ("a user turn", "it injects a fake turn into the conversation"),
+    "assistant": ("an earlier assistant turn", "it fakes a turn boundary in the context"),
+}
 
 
 def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
@@ -232,16 +297,24 @@ def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
     markers = chat_markers(tokenizer)
     for ex in dataset.examples:
         fields = [(t["content"], *_WHERE[t["role"]]) for t in ex.prompt]
-        fields.append((ex.completion, "the answer",
-                       "an answer that contains it teaches the model to stop there, or to write the other side of "
-                       "the conversation itself"))
+        fields.append(
+            (
+                ex.completion,
+                "the answer",
+                "an answer that contains it teaches the model to stop there, or to write the other side of "
+                "the conversation itself",
+            )
+        )
         for text, where, harm in fields:
             found = next((m for m in markers if m in text), None)
             if found:
-                raise DatasetError(dataset.path, f'{where} contains "{found}", which {model_name} reads as a control '
-                                   f"marker of its chat format: {harm}",
-                                   f'remove "{found}" from the text (or write it differently, e.g. without its '
-                                   "brackets or pipes)", ex.line)
+                raise DatasetError(
+                    dataset.path,
+                    f'{where} contains "{found}", which {model_name} reads as a control '
+                    f"marker of its chat format: {harm}",
+                    f'remove "{found}" from the text (or write it differently, e.g. without its brackets or pipes)',
+                    ex.line,
+                )
 
 
 def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
@@ -249,24 +322,32 @@ def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     lowest, so the same file always gives the same split, whatever its order."""
     import hashlib
     import math
+
     def key(ex):
         return hashlib.sha1(json.dumps(ex.prompt, sort_keys=True).encode()).hexdigest()
+
     ranked = sorted(dataset.examples, key=key)
-    held = {id(ex) for ex in ranked[:max(1, math.ceil(fraction * len(ranked)))]}
+    held = {id(ex) for ex in ranked[: max(1, math.ceil(fraction * len(ranked)))]}
     if len(held) == len(ranked):
-        raise DatasetError(dataset.path, f"{len(ranked)} example(s) are too few to split off a held-out part",
-                           "add examples, or give a held-out file of its own")
+        raise DatasetError(
+            dataset.path,
+            f"{len(ranked)} example(s) are too few to split off a held-out part",
+            "add examples, or give a held-out file of its own",
+        )
     kept = [ex for ex in dataset.examples if id(ex) not in held]
     heldout = [ex for ex in dataset.examples if id(ex) in held]
-    return (Dataset(dataset.path, dataset.schema, kept, warnings=list(dataset.warnings)),
-            Dataset(dataset.path, dataset.schema, heldout))
+    return (
+        Dataset(dataset.path, dataset.schema, kept, warnings=list(dataset.warnings)),
+        Dataset(dataset.path, dataset.schema, heldout),
+    )
 
 
 def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
     """How many examples exceed max_seq_length tokens once rendered by the chat template."""
     too_long = 0
     for ex in dataset.examples:
-        ids = tokenizer.apply_chat_template(ex.prompt + [{"role": "assistant", "content": ex.completion}],
-                                            tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            ex.prompt + [{"role": "assistant", "content": ex.completion}], tokenize=True, return_dict=True
+        )["input_ids"]
         too_long += len(ids) > max_seq_length
     return too_long

@@ -6,6 +6,7 @@ reporting a problem. How to run (from the repository root):
     python -m finetune_lab.doctor --model tinyllama-1.1b-chat --method full
 It exits 1 when the estimated peak memory does not fit, after printing the fix.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ from .memory import MB, MemoryEstimate, estimate, shape_of
 from .models import BackendChoice, choose_backend, default_model, import_backend, model_config
 from .runtime import Gpu, gpu
 
-PACKAGES = ("torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "bitsandbytes", "xformers",
-            "finetune-lab")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "unsloth",
+    "unsloth_zoo",
+    "bitsandbytes",
+    "xformers",
+    "finetune-lab",
+)
 # Left free beside the estimate: the CUDA context and allocator slack on a GPU; Python, torch and the tokenizer
 # on a CPU.
 HEADROOM_MB = {"gpu": 1024, "cpu": 1536}
@@ -40,14 +50,15 @@ def available_mb(card: Gpu | None) -> float:
     if card is not None:
         return card.free_mb
     import psutil
+
     return psutil.virtual_memory().available / MB
 
 
 def fix_for(cfg: TrainConfig, card: Gpu | None) -> str:
     if cfg.method == "full":
-        return "train adapters instead: method=\"lora\"" + (" or \"qlora\" (4-bit base)" if card else "")
+        return 'train adapters instead: method="lora"' + (' or "qlora" (4-bit base)' if card else "")
     if cfg.method == "lora" and card is not None:
-        return "method=\"qlora\" stores the frozen base in 4 bits; or lower batch_size / max_seq_length"
+        return 'method="qlora" stores the frozen base in 4 bits; or lower batch_size / max_seq_length'
     return "lower batch_size or max_seq_length, or choose a smaller model"
 
 
@@ -71,23 +82,30 @@ class Preflight:
         device = f"{card.name}, compute capability {card.capability[0]}.{card.capability[1]}" if card else "cpu"
         native = ("yes" if card.native_bf16 else "no (fp16 only; bf16 would be emulated)") if card else "n/a (CPU)"
         where = "GPU memory" if card else "RAM"
-        out = [versions(),
-               f"device: {device} | native bf16: {native} | dtype: {self.choice.dtype} | backend: {self.choice.backend}",
-               f"free {where}: {self.free_mb / 1024:.1f} GB",
-               f"model: {cfg.model} ({self.model_reason})",
-               f"method: {cfg.method}" + (f" r={cfg.rank}" if cfg.method != "full" else "")
-               + f", batch {cfg.batch_size} x {cfg.max_seq_length} tokens"]
+        out = [
+            versions(),
+            f"device: {device} | native bf16: {native} | dtype: {self.choice.dtype} | backend: {self.choice.backend}",
+            f"free {where}: {self.free_mb / 1024:.1f} GB",
+            f"model: {cfg.model} ({self.model_reason})",
+            f"method: {cfg.method}"
+            + (f" r={cfg.rank}" if cfg.method != "full" else "")
+            + f", batch {cfg.batch_size} x {cfg.max_seq_length} tokens",
+        ]
         if mem is None:
             out.append("estimated peak memory: n/a (the model's config could not be read)")
             return out
-        out.append(f"estimated peak memory: {mem.total_mb / 1024:.2f} GB = weights {mem.weights_mb / 1024:.2f} + "
-                   f"training state {mem.training_state_mb / 1024:.2f} + activations {mem.activations_mb / 1024:.2f} "
-                   f"({mem.trainable_params:,} trainable parameters)")
+        out.append(
+            f"estimated peak memory: {mem.total_mb / 1024:.2f} GB = weights {mem.weights_mb / 1024:.2f} + "
+            f"training state {mem.training_state_mb / 1024:.2f} + activations {mem.activations_mb / 1024:.2f} "
+            f"({mem.trainable_params:,} trainable parameters)"
+        )
         if self.fits:
             out.append(f"fits: yes ({self.free_mb / 1024:.1f} GB free)")
         else:
-            out.append(f"fits: NO, {mem.total_mb / 1024:.1f} GB needed (+ {HEADROOM_MB['gpu' if card else 'cpu'] / 1024:.1f} "
-                       f"GB headroom) but {self.free_mb / 1024:.1f} GB free. Fix: {fix_for(cfg, card)}")
+            out.append(
+                f"fits: NO, {mem.total_mb / 1024:.1f} GB needed (+ {HEADROOM_MB['gpu' if card else 'cpu'] / 1024:.1f} "
+                f"GB headroom) but {self.free_mb / 1024:.1f} GB free. Fix: {fix_for(cfg, card)}"
+            )
         return out
 
     def print(self) -> None:
@@ -110,8 +128,7 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
     except (ConfigError, OSError, ValueError):
         memory = None
     else:
-        memory = estimate(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length,
-                          checkpointing)
+        memory = estimate(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, checkpointing)
     return Preflight(cfg, choice, card, model_reason, memory, available_mb(card))
 
 
@@ -128,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
             model, reason = default_model(gpu())
         else:
             model, reason = args.model, "given"
-        cfg = TrainConfig(model=model, method=args.method, dtype=args.dtype, batch_size=args.batch_size,
-                          max_seq_length=args.max_seq_length)
+        cfg = TrainConfig(
+            model=model,
+            method=args.method,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_seq_length=args.max_seq_length,
+        )
         report = preflight(cfg, reason)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ prose  any other reference. correct: every specific of the reference (numbers, q
 Both: abstained (the answer says it does not know, and asserts nothing), exact match, token F1, ROUGE-L.
 A rate that does not apply to any answer of a table is NaN, shown as n/a, never 0.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,12 +30,13 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 # ---------------------------------------------------------------- the documented API
 
+
 @dataclass
 class ApiReference:
     module: str
-    functions: dict[str, str | None] = field(default_factory=dict)      # name -> return annotation
+    functions: dict[str, str | None] = field(default_factory=dict)  # name -> return annotation
     classes: dict[str, dict[str, str | None]] = field(default_factory=dict)  # class -> member -> return type
-    params: dict[str, set[str]] = field(default_factory=dict)   # "name" or "Class.method" -> keyword names
+    params: dict[str, set[str]] = field(default_factory=dict)  # "name" or "Class.method" -> keyword names
 
     def module_names(self) -> set[str]:
         return set(self.functions) | set(self.classes)
@@ -78,6 +80,7 @@ def load_api(path: str | Path = DEFAULT_API) -> ApiReference:
 
 # ---------------------------------------------------------------- finding hallucinated calls
 
+
 def extract_code(answer: str) -> str:
     """The code of an answer: the first fenced block if there is one, else the whole answer."""
     match = _FENCE.search(answer)
@@ -95,7 +98,7 @@ class _ApiChecker(ast.NodeVisitor):
     def __init__(self, api: ApiReference):
         self.api = api
         self.modules: set[str] = set()
-        self.aliases: dict[str, str] = {}        # local name -> module-level API name
+        self.aliases: dict[str, str] = {}  # local name -> module-level API name
         # Prompts name their variables after the class (`garden`, `plant`, `task`, `sensor`).
         self.types: dict[str, str] = {c.lower(): c for c in api.classes}
         self.unknown: list[str] = []
@@ -223,6 +226,7 @@ def hallucinated_calls(code: str, api: ApiReference) -> list[str]:
 
 # ---------------------------------------------------------------- text metrics
 
+
 def normalize_ws(text: str) -> str:
     return " ".join(text.split())
 
@@ -253,12 +257,22 @@ def rouge_l(answer: str, reference: str) -> float:
     global _ROUGE
     if _ROUGE is None:
         from rouge_score import rouge_scorer
+
         _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return _ROUGE.score(reference, answer)["rougeL"].fmeasure
 
 
-_CODE_NODES = (ast.Call, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom, ast.FunctionDef,
-               ast.AsyncFunctionDef, ast.ClassDef)
+_CODE_NODES = (
+    ast.Call,
+    ast.Assign,
+    ast.AugAssign,
+    ast.AnnAssign,
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+)
 
 
 def looks_like_code(reference: str) -> bool:
@@ -275,12 +289,18 @@ def looks_like_code(reference: str) -> bool:
 
 # Specifics an answer can assert: numbers, "quoted" or `backticked` text, paths, identifiers with _ . or inner
 # capitals, and capitalised words that do not start a sentence.
-_SPECIFIC = re.compile(r"`[^`\n]+`|\"[^\"\n]{1,60}\"|'[^'\n]{2,60}'"
-                       r"|(?:\.{0,2}/|~/|[A-Za-z]:\\)[\w.\-/\\]+|\b\w+(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b"
-                       r"|\b\d+(?:[.,:]\d+)*\b|(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+\b", re.M)
-_ABSTAIN = re.compile(r"\b(i (?:do not|don't) know|i'm not sure|i am not sure|i (?:cannot|can't|could not) "
-                      r"(?:answer|find|tell|say)|(?:no|not enough) information|i (?:do not|don't) have "
-                      r"(?:that|this|enough|any) information|unknown to me|not (?:documented|specified))\b", re.I)
+_SPECIFIC = re.compile(
+    r"`[^`\n]+`|\"[^\"\n]{1,60}\"|'[^'\n]{2,60}'"
+    r"|(?:\.{0,2}/|~/|[A-Za-z]:\\)[\w.\-/\\]+|\b\w+(?:[._]\w+)+\b|\b[a-z]+[A-Z]\w*\b"
+    r"|\b\d+(?:[.,:]\d+)*\b|(?<![.!?]\s)(?<!^)\b[A-Z][a-zA-Z]+\b",
+    re.M,
+)
+_ABSTAIN = re.compile(
+    r"\b(i (?:do not|don't) know|i'm not sure|i am not sure|i (?:cannot|can't|could not) "
+    r"(?:answer|find|tell|say)|(?:no|not enough) information|i (?:do not|don't) have "
+    r"(?:that|this|enough|any) information|unknown to me|not (?:documented|specified))\b",
+    re.I,
+)
 
 
 def specifics(text: str) -> list[str]:
@@ -307,40 +327,50 @@ def abstains(answer: str) -> bool:
 def score(answer: str, reference: str, api: ApiReference | None = None, prompt: str = "") -> dict:
     """All scores of one answer against its reference (and the prompt, which prose answers may repeat)."""
     exact = normalize_ws(answer) == normalize_ws(reference)
-    row = {"exact_match": float(exact), "token_f1": token_f1(answer, reference),
-           "rouge_l": rouge_l(answer, reference)}
+    row = {"exact_match": float(exact), "token_f1": token_f1(answer, reference), "rouge_l": rouge_l(answer, reference)}
     abstained = abstains(answer)
     if looks_like_code(reference):
         code = extract_code(answer)
         reference_code = extract_code(reference)
         uses_api = api is not None and bool(api_names_used(reference_code, api))
         unknown = hallucinated_calls(code, api) if uses_api else []
-        row.update(family="code", parses=float(same_program(code, code) is not None),
-                   accuracy=float(bool(same_program(code, reference_code))), abstained=float(abstained),
-                   hallucinated=", ".join(unknown),
-                   hallucination_rate=float(bool(unknown)) if uses_api else float("nan"))
+        row.update(
+            family="code",
+            parses=float(same_program(code, code) is not None),
+            accuracy=float(bool(same_program(code, reference_code))),
+            abstained=float(abstained),
+            hallucinated=", ".join(unknown),
+            hallucination_rate=float(bool(unknown)) if uses_api else float("nan"),
+        )
         return row
     invented = [] if abstained else invented_specifics(answer, reference, prompt)
     expected = specifics(reference)
     lowered = answer.lower()
     covered = all(item.lower() in lowered for item in expected) if expected else row["rouge_l"] >= 0.5
-    row.update(family="prose", parses=float("nan"), accuracy=float(exact or (covered and not invented)),
-               abstained=float(abstained), hallucinated=", ".join(invented),
-               hallucination_rate=float(bool(invented)))
+    row.update(
+        family="prose",
+        parses=float("nan"),
+        accuracy=float(exact or (covered and not invented)),
+        abstained=float(abstained),
+        hallucinated=", ".join(invented),
+        hallucination_rate=float(bool(invented)),
+    )
     return row
 
 
 def highlight_invented(table: pd.DataFrame) -> str:
     """An HTML table of the answers that invented something, each invented span in <mark> (for the notebook)."""
     import html
+
     rows = []
     for _, row in table[table["hallucinated"] != ""].iterrows():
         answer = html.escape(row["answer"])
         for item in row["hallucinated"].split(", "):
             # a code finding names its owner ("Garden.irrigate", "Garden(soil=)"): mark the invented name itself
             span = re.findall(r"\w+", item)[-1] if row.get("family") == "code" else item
-            answer = re.sub(rf"(?<![\w>]){re.escape(html.escape(span))}(?!\w)", lambda m: f"<mark>{m.group(0)}</mark>",
-                            answer)
+            answer = re.sub(
+                rf"(?<![\w>]){re.escape(html.escape(span))}(?!\w)", lambda m: f"<mark>{m.group(0)}</mark>", answer
+            )
         cells = [html.escape(str(row.get(k, ""))) for k in ("model", "split", "prompt")] + [f"<pre>{answer}</pre>"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("model", "split", "prompt", "answer (invented spans marked)"))
@@ -353,10 +383,13 @@ def api_names_used(code: str, api: ApiReference) -> bool:
     return any(re.search(rf"\b{re.escape(n)}\b", code) for n in names)
 
 
-def score_answers(prompts: list[str], references: list[str], answers: list[str],
-                  api: ApiReference | None = None, split: str = "") -> pd.DataFrame:
-    rows = [{"split": split, "prompt": p, "reference": r, "answer": a, **score(a, r, api, p)}
-            for p, r, a in zip(prompts, references, answers)]
+def score_answers(
+    prompts: list[str], references: list[str], answers: list[str], api: ApiReference | None = None, split: str = ""
+) -> pd.DataFrame:
+    rows = [
+        {"split": split, "prompt": p, "reference": r, "answer": a, **score(a, r, api, p)}
+        for p, r, a in zip(prompts, references, answers)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -367,16 +400,31 @@ def aggregate(table: pd.DataFrame) -> dict[str, float]:
 
 # ---------------------------------------------------------------- evaluating models and checkpoints
 
-def evaluate_model(model, tokenizer, datasets: dict, api: ApiReference | None = None,
-                   max_new_tokens: int = 96, batch_size: int = 8, label: str = "") -> pd.DataFrame:
+
+def evaluate_model(
+    model,
+    tokenizer,
+    datasets: dict,
+    api: ApiReference | None = None,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    label: str = "",
+) -> pd.DataFrame:
     """Generate for every example of each named dataset and score it; one row per example."""
     from .generation import generate
+
     tables = []
     for split, dataset in datasets.items():
-        answers = generate(model, tokenizer, [ex.prompt for ex in dataset.examples],
-                           max_new_tokens=max_new_tokens, batch_size=batch_size)
-        table = score_answers([ex.user_text for ex in dataset.examples],
-                              [ex.completion for ex in dataset.examples], answers, api, split)
+        answers = generate(
+            model,
+            tokenizer,
+            [ex.prompt for ex in dataset.examples],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        table = score_answers(
+            [ex.user_text for ex in dataset.examples], [ex.completion for ex in dataset.examples], answers, api, split
+        )
         tables.append(table)
     out = pd.concat(tables, ignore_index=True)
     out.insert(0, "model", label)
@@ -393,17 +441,17 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0,
-                split_off: float = 0.0) -> dict:
+def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0, split_off: float = 0.0) -> dict:
     """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0. With
     one file and split_off > 0, that share of it is split off deterministically as a held-out split, whose name
     says so."""
     from .data import load_jsonl, split_heldout
+
     splits = {}
     for split, path in data.items():
         splits[split] = load_jsonl(path, system_prompt)
     if split_off and len(data) == 1:
-        (name, path), = data.items()
+        ((name, path),) = data.items()
         splits[name], held = split_heldout(splits[name], split_off)
         splits[f"held-out ({split_off:.0%} of {Path(path).name}, split off)"] = held
     for dataset in splits.values():
@@ -412,10 +460,17 @@ def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: i
     return splits
 
 
-def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str | Path = DEFAULT_API,
-                        compare_base: bool = True, limit: int = 0, max_new_tokens: int = 96,
-                        out_dir: str | Path | None = None, wandb: bool = False,
-                        split_off: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate_checkpoint(
+    run_dir: str | Path,
+    data: dict[str, str],
+    api_path: str | Path = DEFAULT_API,
+    compare_base: bool = True,
+    limit: int = 0,
+    max_new_tokens: int = 96,
+    out_dir: str | Path | None = None,
+    wandb: bool = False,
+    split_off: float = 0.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files.
 
     Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
@@ -424,6 +479,7 @@ def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str
     """
     from .checkpoints import load_checkpoint
     from .plots import plot_scores
+
     model, tokenizer, run_config = load_checkpoint(run_dir)
     api = load_api(api_path)
     datasets = load_splits(data, run_config.get("system_prompt"), limit, split_off)
@@ -445,6 +501,7 @@ def evaluate_checkpoint(run_dir: str | Path, data: dict[str, str], api_path: str
     if wandb:
         from .config import TrainConfig
         from .tracking import log_run_files, wandb_run
+
         cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(run_dir).name}-eval"})
         with wandb_run(cfg, Path(run_dir).parent):
             log_run_files(out, table=table, table_name="eval")

@@ -9,6 +9,7 @@ torch-bound companions go in with --no-deps, xformers only in the build made for
 pinned libraries with their dependencies. torch itself is never installed or replaced. Running it again after a
 failure is safe: pip skips what is already there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the pip commands, install nothing")
     args = parser.parse_args(argv)
     import importlib.metadata
+
     try:
         torch_version = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
-        print("error: torch is not installed. On a CUDA machine install the CUDA build first "
-              "(https://pytorch.org/get-started/locally/); Colab has it already", file=sys.stderr)
+        print(
+            "error: torch is not installed. On a CUDA machine install the CUDA build first "
+            "(https://pytorch.org/get-started/locally/); Colab has it already",
+            file=sys.stderr,
+        )
         return 2
     print(f"[install_gpu] keeping torch {torch_version}")
     for command in install_commands(torch_version):

@@ -11,6 +11,7 @@ modules/04_Fine_Tuning_LLMs/README.md explains them:
                            the logits add batch x tokens x vocab x 10 bytes (16-bit logits, their fp32 copy
                            for the loss, its gradient).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ MB = 2**20
 @dataclass(frozen=True)
 class ModelShape:
     """What the arithmetic needs to know about a model, read from its config without loading weights."""
-    params: int             # all parameters
-    quantizable: int        # parameters in the blocks' linear layers (what a 4-bit base stores in NF4)
-    lora_per_rank: int      # LoRA parameters per unit of rank on the target layers: sum of (d_in + d_out)
+
+    params: int  # all parameters
+    quantizable: int  # parameters in the blocks' linear layers (what a 4-bit base stores in NF4)
+    lora_per_rank: int  # LoRA parameters per unit of rank on the target layers: sum of (d_in + d_out)
     hidden: int
     layers: int
     vocab: int
@@ -38,20 +40,30 @@ def shape_of(config, target_modules) -> ModelShape:
     """Count parameters on the meta device: exact for any architecture, no memory, no download."""
     import torch
     from transformers import AutoModelForCausalLM
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     params = sum(p.numel() for p in model.parameters())
-    linear = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-              and name.startswith(("model.layers", "model.decoder.layers", "transformer.h"))]
+    linear = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.startswith(("model.layers", "model.decoder.layers", "transformer.h"))
+    ]
     lora = sum(m.in_features + m.out_features for name, m in linear if name.rsplit(".", 1)[-1] in target_modules)
-    return ModelShape(params=params, quantizable=sum(m.weight.numel() for _, m in linear), lora_per_rank=lora,
-                      hidden=text.hidden_size, layers=text.num_hidden_layers, vocab=text.vocab_size)
+    return ModelShape(
+        params=params,
+        quantizable=sum(m.weight.numel() for _, m in linear),
+        lora_per_rank=lora,
+        hidden=text.hidden_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+    )
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    weights_mb: float        # the model's weights as stored (frozen base, or everything for full fine-tuning)
+    weights_mb: float  # the model's weights as stored (frozen base, or everything for full fine-tuning)
     training_state_mb: float  # what trains: its gradients and Adam's moments (and LoRA's own weights)
     activations_mb: float
     trainable_params: int
@@ -61,25 +73,26 @@ class MemoryEstimate:
         return self.weights_mb + self.training_state_mb + self.activations_mb
 
 
-def estimate(shape: ModelShape, method: str, dtype: str, rank: int, batch_size: int, seq_len: int,
-             gradient_checkpointing: bool) -> MemoryEstimate:
+def estimate(
+    shape: ModelShape, method: str, dtype: str, rank: int, batch_size: int, seq_len: int, gradient_checkpointing: bool
+) -> MemoryEstimate:
     """Peak training memory (what torch reports as allocated) for one step of `method` in `dtype`."""
     half = BYTES[dtype]
     if method == "full":
         # fp16 keeps fp32 master weights (the loss scaler cannot step fp16 weights); bf16 trains in bf16.
         stored = 4 if dtype != "bfloat16" else half
         weights, trainable = shape.params * stored, shape.params
-        state = shape.params * stored * 3                     # gradient + Adam's two moments
+        state = shape.params * stored * 3  # gradient + Adam's two moments
     else:
         trainable = shape.lora_per_rank * rank
         if method == "qlora":
             weights = shape.quantizable * NF4_BYTES + (shape.params - shape.quantizable) * half
         else:
             weights = shape.params * half
-        state = trainable * 16                                # fp32 adapter weight, gradient, two moments
+        state = trainable * 16  # fp32 adapter weight, gradient, two moments
     tokens = batch_size * seq_len
     per_layer = tokens * shape.hidden * ACTIVATION_BYTES_PER_HIDDEN * half / 2
-    if gradient_checkpointing:   # every layer keeps its input; one layer at a time is recomputed in full
+    if gradient_checkpointing:  # every layer keeps its input; one layer at a time is recomputed in full
         activations = tokens * shape.hidden * half * shape.layers + per_layer
     else:
         activations = per_layer * shape.layers

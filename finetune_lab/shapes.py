@@ -4,6 +4,7 @@ Training throughput and memory do not depend on the weights' values, so a model 
 config measures the same as the real one; what it answers is meaningless. Used by bench/lora_speed.py and
 scripts/check_presets.py (the device has no hub access).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -11,31 +12,54 @@ from pathlib import Path
 
 # The configs of the hub presets (dimensions as published on the hub model cards' config.json).
 PRESET_SHAPES = {
-    "tinyllama-1.1b-chat": dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                                num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                                max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-                                tie_word_embeddings=False),
-    "stablelm-2-zephyr-1.6b": dict(model_type="stablelm", vocab_size=100352, hidden_size=2048,
-                                   intermediate_size=5632, num_hidden_layers=24, num_attention_heads=32,
-                                   num_key_value_heads=32, max_position_embeddings=4096, layer_norm_eps=1e-5,
-                                   rope_theta=10000.0, partial_rotary_factor=0.25, use_qkv_bias=True,
-                                   tie_word_embeddings=False),
+    "tinyllama-1.1b-chat": dict(
+        model_type="llama",
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    ),
+    "stablelm-2-zephyr-1.6b": dict(
+        model_type="stablelm",
+        vocab_size=100352,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        layer_norm_eps=1e-5,
+        rope_theta=10000.0,
+        partial_rotary_factor=0.25,
+        use_qkv_bias=True,
+        tie_word_embeddings=False,
+    ),
 }
 # TinyLlama-Chat and StableLM-2-Zephyr both use the Zephyr chat format.
-ZEPHYR_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}"
-                   "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+ZEPHYR_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 
 
 def toy_chat_tokenizer():
     """A 400-token byte-level BPE with the Zephyr chat template (ids 0-3: pad, bos, eos, unk)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
     text = ["the quick brown fox jumps over the lazy dog %d" % i for i in range(200)]
     tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     fast.chat_template = ZEPHYR_TEMPLATE
     return fast
 
@@ -44,6 +68,7 @@ def build_preset_shape(preset: str, out_dir: str | Path) -> Path:
     """Save a bf16 model with the preset's architecture and random weights, plus a toy Zephyr tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
     values = dict(PRESET_SHAPES[preset])
     config = AutoConfig.for_model(values.pop("model_type"), bos_token_id=1, eos_token_id=2, pad_token_id=0, **values)
     torch.manual_seed(0)
@@ -56,6 +81,7 @@ def build_like(like: str | Path, out_dir: str | Path) -> Path:
     """The architecture and tokenizer of the model folder `like`, with random bf16 weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(like)).to(torch.bfloat16).save_pretrained(out_dir)
     for item in Path(like).iterdir():

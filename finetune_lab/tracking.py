@@ -1,4 +1,5 @@
 """Optional Weights & Biases logging that never blocks: off unless asked, offline without WANDB_API_KEY."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,13 +17,21 @@ def wandb_mode() -> str:
 def wandb_run(cfg: TrainConfig, log_dir: str | Path):
     """A wandb run around training when cfg.wandb is set; TRL's WandbCallback logs each step's loss into it."""
     from .models import is_main_process
-    if not cfg.wandb or not is_main_process():   # one run per training, not one per data-parallel process
+
+    if not cfg.wandb or not is_main_process():  # one run per training, not one per data-parallel process
         yield None
         return
     import wandb
+
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "finetune-lab"), name=cfg.run_name,
-                     config=cfg.to_dict(), dir=str(log_dir), mode=wandb_mode(), reinit="finish_previous")
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "finetune-lab"),
+        name=cfg.run_name,
+        config=cfg.to_dict(),
+        dir=str(log_dir),
+        mode=wandb_mode(),
+        reinit="finish_previous",
+    )
     print(f"[finetune_lab] wandb {wandb_mode()} run in {run.dir}")
     try:
         yield run
@@ -42,7 +51,7 @@ def log_run_files(run_dir: Path, table=None, table_name: str = "eval") -> None:
         if (Path(run_dir) / image).exists():
             wandb.log({image.removesuffix(".png"): wandb.Image(str(Path(run_dir) / image))})
     for name in ("loss_history.json", "run_config.json", "summary.json"):
-        if (Path(run_dir) / name).exists():   # copied into the wandb run folder, readable even offline
+        if (Path(run_dir) / name).exists():  # copied into the wandb run folder, readable even offline
             wandb.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
     if table is not None:
         wandb.log({table_name: wandb.Table(dataframe=table)})

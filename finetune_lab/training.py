@@ -1,4 +1,5 @@
 """Training with TRL's SFTTrainer, and the whole lab run (data -> model -> train -> save -> summary)."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,24 @@ from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_jso
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
-from .models import (BackendChoice, base_fingerprint, for_inference, for_training, is_main_process,
-                     load_for_training, world_size)
+from .models import (
+    BackendChoice,
+    base_fingerprint,
+    for_inference,
+    for_training,
+    is_main_process,
+    load_for_training,
+    world_size,
+)
 from .plots import plot_loss
 
 HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE, LEG_SECONDS_FILE = (
-    "loss_history.json", "loss_curve.png", "samples.json", "summary.json", "train_seconds.json")
+    "loss_history.json",
+    "loss_curve.png",
+    "samples.json",
+    "summary.json",
+    "train_seconds.json",
+)
 # Settings that may differ when an interrupted run is continued: they change neither the model nor the optimizer.
 RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name")
 
@@ -45,13 +58,16 @@ class TrainResult:
 def peak_memory_mb() -> float:
     """Peak GPU memory of this process, or on a CPU its peak resident memory (RAM)."""
     import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     try:
         import resource
+
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     except ImportError:  # Windows has no resource module; psutil comes with accelerate
         import psutil
+
         return psutil.Process().memory_info().peak_wset / 2**20
 
 
@@ -63,6 +79,7 @@ def count_parameters(model) -> tuple[int, int]:
 def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, **overrides):
     """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
     from trl import SFTConfig
+
     on_gpu = choice.on_gpu
     args = dict(
         output_dir=str(output_dir),
@@ -77,7 +94,7 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         # Packing cuts each row at max_length, truncating an example only if it alone is longer; padding-free
         # batches without packing keep examples whole (the lab warns about long ones instead).
         max_length=cfg.max_seq_length if cfg.truncates_long_examples else None,
-        completion_only_loss=True,          # loss on the answer only; the prompt tokens are masked with -100
+        completion_only_loss=True,  # loss on the answer only; the prompt tokens are masked with -100
         padding_free=cfg.padding_free or cfg.packing,
         packing=cfg.packing,
         # best-fit decreasing: whole examples per row, never one cut across two rows
@@ -99,7 +116,7 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
-        use_cpu=not on_gpu,                 # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
+        use_cpu=not on_gpu,  # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
         dataset_num_proc=None,
     )
     args.update(overrides)
@@ -137,8 +154,12 @@ def _trainer_class():
                     shutil.rmtree(target)
                 written.rename(target)
             staging.rmdir()
-            rotate_checkpoints(output_dir=str(final_root), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+            rotate_checkpoints(
+                output_dir=str(final_root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
+            )
 
     return AtomicSFTTrainer
 
@@ -146,6 +167,7 @@ def _trainer_class():
 class _FirstStepTimer:
     def __init__(self):
         from transformers import TrainerCallback
+
         outer = self
 
         class Callback(TrainerCallback):
@@ -157,14 +179,28 @@ class _FirstStepTimer:
         self.callback = Callback()
 
 
-def build_trainer(model, tokenizer, dataset, cfg: TrainConfig, choice: BackendChoice,
-                  output_dir: str | Path, sft_config=None, callbacks=()):
+def build_trainer(
+    model,
+    tokenizer,
+    dataset,
+    cfg: TrainConfig,
+    choice: BackendChoice,
+    output_dir: str | Path,
+    sft_config=None,
+    callbacks=(),
+):
     """TRL's SFTTrainer over a lab Dataset (prompt/completion rows, tokenized and masked on construction) or an
     already tokenized Hugging Face dataset (input_ids), as the benchmark uses."""
     from datasets import Dataset as HFDataset
+
     rows = HFDataset.from_list(dataset.trl_rows()) if isinstance(dataset, Dataset) else dataset
-    return _trainer_class()(model=model, args=sft_config or make_sft_config(cfg, choice, output_dir),
-                            train_dataset=rows, processing_class=tokenizer, callbacks=list(callbacks))
+    return _trainer_class()(
+        model=model,
+        args=sft_config or make_sft_config(cfg, choice, output_dir),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
 
 
 def effective_batch_size(cfg: TrainConfig, rows: int, world: int) -> int:
@@ -178,6 +214,7 @@ class _LegClock:
 
     def __init__(self, resume_dir: Path, resumed: bool):
         from transformers import TrainerCallback
+
         self.path = resume_dir / LEG_SECONDS_FILE
         self.before = json.loads(self.path.read_text())["train_seconds"] if resumed and self.path.exists() else 0.0
         self.start = time.perf_counter()
@@ -198,17 +235,27 @@ class _LegClock:
             self.path.write_text(json.dumps({"train_seconds": self.total}))
 
 
-def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path,
-          sft_config=None, callbacks=(), resume_from: str | Path | None = None) -> TrainResult:
+def train(
+    model,
+    tokenizer,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    choice: BackendChoice,
+    output_dir: str | Path,
+    sft_config=None,
+    callbacks=(),
+    resume_from: str | Path | None = None,
+) -> TrainResult:
     """Fine-tune in place; on Ctrl-C save a resumable checkpoint in output_dir and raise TrainingInterrupted."""
     timer = _FirstStepTimer()
-    if resume_from is None and is_main_process():   # marks the folder as this run's resumable state (see checkpoints)
+    if resume_from is None and is_main_process():  # marks the folder as this run's resumable state (see checkpoints)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / RESUME_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
     clock = _LegClock(Path(output_dir), resume_from is not None)
     for_training(model, choice)
-    trainer = build_trainer(model, tokenizer, dataset, cfg, choice, output_dir, sft_config,
-                            [timer.callback, clock.callback, *callbacks])
+    trainer = build_trainer(
+        model, tokenizer, dataset, cfg, choice, output_dir, sft_config, [timer.callback, clock.callback, *callbacks]
+    )
     sft_config = trainer.args
     start = time.perf_counter()
     try:
@@ -217,19 +264,31 @@ def train(model, tokenizer, dataset: Dataset, cfg: TrainConfig, choice: BackendC
         trainer._save_checkpoint(trainer.model, None)
         clock.record()
         where = Path(sft_config.output_dir) / f"checkpoint-{trainer.state.global_step}"
-        raise TrainingInterrupted(f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
-                                  f"{where}. Run the same command with --resume to continue.") from None
+        raise TrainingInterrupted(
+            f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
+            f"{where}. Run the same command with --resume to continue."
+        ) from None
     peak = peak_memory_mb()
-    history = [{k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
-               for row in trainer.state.log_history if "loss" in row]
+    history = [
+        {k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
+        for row in trainer.state.log_history
+        if "loss" in row
+    ]
     trainable, total = count_parameters(model)
-    return TrainResult(history=history, steps=trainer.state.global_step, seconds=clock.total,
-                       seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
-                       peak_memory_mb=peak, trainable_params=trainable, total_params=total,
-                       effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), world_size()))
+    return TrainResult(
+        history=history,
+        steps=trainer.state.global_step,
+        seconds=clock.total,
+        seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
+        peak_memory_mb=peak,
+        trainable_params=trainable,
+        total_params=total,
+        effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), world_size()),
+    )
 
 
 # ---------------------------------------------------------------- the whole lab run
+
 
 @dataclass
 class LabRun:
@@ -237,7 +296,7 @@ class LabRun:
     choice: BackendChoice
     result: TrainResult
     run_dir: Path
-    prompts: list[list[dict]]      # chat messages (system prompt + user turn) as the model saw them
+    prompts: list[list[dict]]  # chat messages (system prompt + user turn) as the model saw them
     references: list[str]
     before: list[str]
     after: list[str]
@@ -248,24 +307,45 @@ class LabRun:
     def summary(self) -> dict:
         losses = self.result.losses
         return {
-            "run": self.config.run_name, "backend": self.choice.backend, "device": self.choice.device,
-            "dtype": self.choice.dtype, "method": self.choice.method, "rank": self.config.rank,
-            "steps": self.result.steps, "train_seconds": round(self.result.seconds, 1),
+            "run": self.config.run_name,
+            "backend": self.choice.backend,
+            "device": self.choice.device,
+            "dtype": self.choice.dtype,
+            "method": self.choice.method,
+            "rank": self.config.rank,
+            "steps": self.result.steps,
+            "train_seconds": round(self.result.seconds, 1),
             "seconds_to_first_step": round(self.result.seconds_to_first_step, 1),
             "first_loss": round(losses[0], 4) if losses else None,
             "last_loss": round(losses[-1], 4) if losses else None,
             "peak_memory_mb": round(self.result.peak_memory_mb),
-            "trainable_params": self.result.trainable_params, "total_params": self.result.total_params,
+            "trainable_params": self.result.trainable_params,
+            "total_params": self.result.total_params,
             "effective_batch_size": self.result.effective_batch_size,
-            "checkpoint": str(self.run_dir), "loss_curve": str(self.run_dir / CURVE_FILE),
+            "checkpoint": str(self.run_dir),
+            "loss_curve": str(self.run_dir / CURVE_FILE),
         }
 
     def print_summary(self) -> None:
         s = self.summary()
         print("\n=== Lab summary ===")
-        for key in ("backend", "device", "dtype", "method", "rank", "steps", "train_seconds",
-                    "seconds_to_first_step", "first_loss", "last_loss", "peak_memory_mb", "trainable_params",
-                    "effective_batch_size", "checkpoint", "loss_curve"):
+        for key in (
+            "backend",
+            "device",
+            "dtype",
+            "method",
+            "rank",
+            "steps",
+            "train_seconds",
+            "seconds_to_first_step",
+            "first_loss",
+            "last_loss",
+            "peak_memory_mb",
+            "trainable_params",
+            "effective_batch_size",
+            "checkpoint",
+            "loss_curve",
+        ):
             print(f"{key:>22}: {s[key]}")
         for warning in self.warnings:
             print(f"   warning: {warning}")
@@ -276,16 +356,27 @@ class LabRun:
 def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
     """Write the run folder (adapter, tokenizer, config, loss history and curve, samples, summary) atomically."""
     from . import tracking
-    run_config = {**lab.config.to_dict(), "backend_choice": vars(lab.choice),
-                  "base_fingerprint": base_fingerprint(lab.model), "dataset_schema": dataset.schema,
-                  "examples": len(dataset)}
+
+    run_config = {
+        **lab.config.to_dict(),
+        "backend_choice": vars(lab.choice),
+        "base_fingerprint": base_fingerprint(lab.model),
+        "dataset_schema": dataset.schema,
+        "examples": len(dataset),
+    }
 
     def write_extras(folder: Path):
         (folder / HISTORY_FILE).write_text(json.dumps(lab.result.history, indent=1))
         plot_loss(lab.result.history, folder / CURVE_FILE, title=f"{lab.config.run_name}: training loss")
-        (folder / SAMPLES_FILE).write_text(json.dumps(
-            [{"prompt": p[-1]["content"], "messages": p, "reference": r, "before": b, "after": a}
-             for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)], indent=1))
+        (folder / SAMPLES_FILE).write_text(
+            json.dumps(
+                [
+                    {"prompt": p[-1]["content"], "messages": p, "reference": r, "before": b, "after": a}
+                    for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)
+                ],
+                indent=1,
+            )
+        )
         (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
 
     save_run(paths, lab.model, lab.tokenizer, run_config, write_extras)
@@ -301,38 +392,53 @@ def pick_test_prompts(train: Dataset, heldout: Dataset | None, n_train: int = 3,
 
 def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
     """Settings of `cfg` that differ from those an interrupted run was started with (and would change what trains)."""
-    now = json.loads(json.dumps(cfg.to_dict()))        # tuples as lists, as saved
-    return [f"{key} {saved.get(key)!r} (interrupted run) vs {value!r} (now)" for key, value in now.items()
-            if key not in RESUME_MAY_CHANGE and saved.get(key) != value]
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as saved
+    return [
+        f"{key} {saved.get(key)!r} (interrupted run) vs {value!r} (now)"
+        for key, value in now.items()
+        if key not in RESUME_MAY_CHANGE and saved.get(key) != value
+    ]
 
 
-def run_lab(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, heldout_path: str | None = None,
-            lora_config=None, sft_config=None, callbacks=(), max_new_tokens: int = 96) -> LabRun:
+def run_lab(
+    cfg: TrainConfig,
+    overwrite: bool = False,
+    resume: bool = False,
+    heldout_path: str | None = None,
+    lora_config=None,
+    sft_config=None,
+    callbacks=(),
+    max_new_tokens: int = 96,
+) -> LabRun:
     """Validate everything, train, save the run folder and return what the summary shows."""
-    dataset = load_jsonl(cfg.data, cfg.system_prompt)           # every line checked before a model loads
+    dataset = load_jsonl(cfg.data, cfg.system_prompt)  # every line checked before a model loads
     heldout = load_jsonl(heldout_path, cfg.system_prompt) if heldout_path else None
     paths = RunPaths.of(cfg.output_dir, cfg.run_name)
     lock = RunLock(paths)
-    if is_main_process():   # one lock per run; the data-parallel processes of the run share it
+    if is_main_process():  # one lock per run; the data-parallel processes of the run share it
         lock.acquire()
     try:
-        return _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks,
-                           max_new_tokens)
+        return _locked_run(
+            cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, max_new_tokens
+        )
     finally:
         lock.release()
 
 
 def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, max_new_tokens):
     from . import tracking
+
     prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
     if resume:
         changed = resume_differences(read_json(paths.resume / RESUME_CONFIG, "start again with --overwrite"), cfg)
         if changed:
-            raise ConfigError(f"--resume continues {paths.resume}, which was started with other settings: "
-                              f"{'; '.join(changed)}. Run it with the settings it started with, or pass --overwrite "
-                              "(instead of --resume) to start again with the new ones")
+            raise ConfigError(
+                f"--resume continues {paths.resume}, which was started with other settings: "
+                f"{'; '.join(changed)}. Run it with the settings it started with, or pass --overwrite "
+                "(instead of --resume) to start again with the new ones"
+            )
     if cfg.limit_examples:
-        dataset.examples = dataset.examples[:cfg.limit_examples]
+        dataset.examples = dataset.examples[: cfg.limit_examples]
     model, tokenizer, choice = load_for_training(cfg, lora_config)
     for data in (dataset, heldout):
         if data is not None:
@@ -340,21 +446,32 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
     batch = effective_batch_size(cfg, len(dataset), world_size())
     warnings = list(dataset.warnings)
     if cfg.batch_size * world_size() > len(dataset):
-        warnings.append(f"batch_size {cfg.batch_size} x {world_size()} process(es) is more than the {len(dataset)} "
-                        f"examples: every step trains on all of them (effective batch size {batch})")
+        warnings.append(
+            f"batch_size {cfg.batch_size} x {world_size()} process(es) is more than the {len(dataset)} "
+            f"examples: every step trains on all of them (effective batch size {batch})"
+        )
     if is_main_process():
         unit = f"rows of up to {cfg.max_seq_length} packed tokens" if cfg.packing else "examples"
-        print(f"[finetune_lab] effective batch size {batch} {unit} = {batch // (cfg.grad_accum * world_size())} "
-              f"per device x {cfg.grad_accum} accumulation x {world_size()} process(es)")
+        print(
+            f"[finetune_lab] effective batch size {batch} {unit} = {batch // (cfg.grad_accum * world_size())} "
+            f"per device x {cfg.grad_accum} accumulation x {world_size()} process(es)"
+        )
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
     if too_long == len(dataset):
-        raise ConfigError(f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
-                          "so every answer would be cut short or lost; raise --max_seq_length")
+        raise ConfigError(
+            f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
+            "so every answer would be cut short or lost; raise --max_seq_length"
+        )
     if too_long:
-        fate = "truncated (their end is cut)" if cfg.truncates_long_examples else \
-            "kept whole (padding-free batches are not truncated)"
-        warnings.append(f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
-                        "raise --max_seq_length to cover them")
+        fate = (
+            "truncated (their end is cut)"
+            if cfg.truncates_long_examples
+            else "kept whole (padding-free batches are not truncated)"
+        )
+        warnings.append(
+            f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
+            "raise --max_seq_length to cover them"
+        )
     for warning in warnings:
         print(f"[finetune_lab] warning: {warning}")
     prompts, references = pick_test_prompts(dataset, heldout)
@@ -367,8 +484,7 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
         result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
         for_inference(model, choice)
         after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        lab = LabRun(cfg, choice, result, paths.run, prompts, references,
-                     before, after, warnings, model, tokenizer)
-        if is_main_process():       # one writer: the other data-parallel processes hold the same weights
+        lab = LabRun(cfg, choice, result, paths.run, prompts, references, before, after, warnings, model, tokenizer)
+        if is_main_process():  # one writer: the other data-parallel processes hold the same weights
             save_lab_run(lab, paths, dataset)
     return lab

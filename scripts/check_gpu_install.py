@@ -9,6 +9,7 @@ It makes a scratch virtual environment in which torch, torchvision, torchaudio a
 given versions (metadata only: pip sees them, nothing is downloaded), runs each of the installer's pip commands
 there with --dry-run --report, and prints what pip would install. It exits 1 if any of those four would change.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,22 +42,32 @@ def main() -> int:
     parser.add_argument("--triton", default="3.6.0")
     parser.add_argument("--cuda", default="cu128", help="local version label of Colab's CUDA wheels")
     args = parser.parse_args()
-    versions = {"torch": f"{args.torch}+{args.cuda}", "torchvision": f"{args.torchvision}+{args.cuda}",
-                "torchaudio": f"{args.torchaudio}+{args.cuda}", "triton": args.triton}
+    versions = {
+        "torch": f"{args.torch}+{args.cuda}",
+        "torchvision": f"{args.torchvision}+{args.cuda}",
+        "torchaudio": f"{args.torchaudio}+{args.cuda}",
+        "triton": args.triton,
+    }
     changed = []
     with tempfile.TemporaryDirectory() as tmp:
         env = Path(tmp) / "venv"
         venv.EnvBuilder(with_pip=True).create(env)
         python = env / "bin" / "python"
-        site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                            text=True).strip())
+        site = Path(
+            subprocess.check_output(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+            ).strip()
+        )
         for name, version in versions.items():
             fake_installed(site, name, version)
         print("installed (as on Colab):", ", ".join(f"{n} {v}" for n, v in versions.items()))
         for i, command in enumerate(install_commands(args.torch)):
             report = Path(tmp) / f"report-{i}.json"
-            done = subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
-                                   *command], capture_output=True, text=True)
+            done = subprocess.run(
+                [str(python), "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), *command],
+                capture_output=True,
+                text=True,
+            )
             shown = " ".join(c if not c.startswith("/") else Path(c).name for c in command)
             if done.returncode:
                 print(f"\npip install {shown}\n  FAILED to resolve:\n{done.stderr[-2000:]}")
@@ -66,9 +77,14 @@ def main() -> int:
             touched = [n for n in names if n.split("==")[0].lower() in KEPT]
             changed += touched
             print(f"\npip install {shown}\n  would install {len(names)}: {', '.join(names)}")
-            print(f"  torch, torchvision, torchaudio, triton: {'CHANGED ' + ', '.join(touched) if touched else 'unchanged'}")
-    print("\nresult:", "FAIL, the install would replace " + ", ".join(changed) if changed else
-          "PASS, nothing replaces the machine's torch")
+            verdict = "CHANGED " + ", ".join(touched) if touched else "unchanged"
+            print(f"  torch, torchvision, torchaudio, triton: {verdict}")
+    print(
+        "\nresult:",
+        "FAIL, the install would replace " + ", ".join(changed)
+        if changed
+        else "PASS, nothing replaces the machine's torch",
+    )
     return 1 if changed else 0
 
 

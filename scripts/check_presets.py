@@ -9,6 +9,7 @@ How to run, from the repository root:   python scripts/check_presets.py [OUT_DIR
 COMBOS given, e.g. COMBOS="unsloth:qlora transformers:qlora".)
 Prints one JSON line per (preset, backend, method): exit code, steps, first/last loss, seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,40 @@ def main(out: Path) -> int:
         for backend, method in combos:
             run_name = f"{preset}-{backend}-{method}"
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
-                                   "--model", str(model_dir), "--backend", backend, "--method", method,
-                                   # the toy tokenizer spells words byte by byte: 512 tokens hold an example
-                                   "--test_mode", "--max_steps", "4", "--max_seq_length", "512",
-                                   "--output_dir", str(out),
-                                   "--run_name", run_name, "--overwrite"],
-                                  capture_output=True, text=True, cwd=REPO)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+                    "--model",
+                    str(model_dir),
+                    "--backend",
+                    backend,
+                    "--method",
+                    method,
+                    # the toy tokenizer spells words byte by byte: 512 tokens hold an example
+                    "--test_mode",
+                    "--max_steps",
+                    "4",
+                    "--max_seq_length",
+                    "512",
+                    "--output_dir",
+                    str(out),
+                    "--run_name",
+                    run_name,
+                    "--overwrite",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
             (out / f"{run_name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
-            row = {"preset": preset, "backend": backend, "method": method, "rc": done.returncode,
-                   "seconds": round(time.perf_counter() - start, 1)}
+            row = {
+                "preset": preset,
+                "backend": backend,
+                "method": method,
+                "rc": done.returncode,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
             history = out / run_name / "loss_history.json"
             if history.exists():
                 losses = [h["loss"] for h in json.loads(history.read_text())]

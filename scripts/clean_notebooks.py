@@ -10,6 +10,7 @@ Who it is for: anyone who edits a notebook. How to run, from the repository root
     python scripts/clean_notebooks.py             # strip in place
     python scripts/clean_notebooks.py --execute   # run each notebook first (FINETUNE_LAB_QUICK=1), then strip
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def main() -> None:
         nb = nbformat.read(path, as_version=4)
         if args.execute:
             from nbclient import NotebookClient
+
             os.environ["FINETUNE_LAB_QUICK"] = "1"
-            NotebookClient(nb, timeout=1200, kernel_name="python3",
-                           resources={"metadata": {"path": str(path.parent)}}).execute()
+            NotebookClient(
+                nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            ).execute()
         clean(nb)
         nbformat.write(nb, path)
         print("cleaned", path.relative_to(REPO))

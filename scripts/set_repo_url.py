@@ -7,12 +7,14 @@ How to run, from the repository root:
 It rewrites pyproject.toml's [project.urls] Repository (the single source) and every occurrence of the old
 URL and owner/name in README.md, modules/ and the notebooks; tests/test_notebooks.py checks they agree.
 """
+
 from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +24,12 @@ def main(new_url: str) -> None:
         sys.exit("usage: set_repo_url.py https://github.com/OWNER/NAME")
     old_url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
     old_slug, new_slug = old_url.removeprefix("https://github.com/"), new_url.removeprefix("https://github.com/")
-    files = [REPO / "pyproject.toml", REPO / "README.md", *(REPO / "modules").rglob("*.md"),
-             *(REPO / "labs").rglob("*.ipynb")]
+    files = [
+        REPO / "pyproject.toml",
+        REPO / "README.md",
+        *(REPO / "modules").rglob("*.md"),
+        *(REPO / "labs").rglob("*.ipynb"),
+    ]
     for path in files:
         text = path.read_text()
         updated = text.replace(old_url, new_url).replace(f"github/{old_slug}/", f"github/{new_slug}/")

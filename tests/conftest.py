@@ -2,6 +2,7 @@
 
 Nothing here is mocked: the run is the lab's own script training SmolLM2-135M on the course data.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,17 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.Comp
     try:
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as late:
+
         def text(out):
             return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+
         return subprocess.CompletedProcess(command, 124, text(late.stdout), text(late.stderr))
 
 
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
     from finetune_lab.models import ensure_embedded_base
+
     return ensure_embedded_base()
 
 

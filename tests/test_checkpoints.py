@@ -1,17 +1,18 @@
 """finetune_lab.checkpoints: a save killed midway loses nothing, a wrong base is refused, merged export."""
+
 import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO
+
 from finetune_lab.checkpoints import CheckpointError, clean_stale_staging, export_merged, load_checkpoint
 from finetune_lab.generation import generate
 
 pytestmark = pytest.mark.slow
-PROMPTS = ["Plant tomatoes in bed 1 of `garden`.", "Create a gardenkit garden named \"Allotment\" with 6 beds."]
+PROMPTS = ["Plant tomatoes in bed 1 of `garden`.", 'Create a gardenkit garden named "Allotment" with 6 beds.']
 
 SAVE_THEN_HANG = textwrap.dedent("""
     import sys, time
@@ -32,12 +33,16 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path, 
     shutil.copytree(trained_run, run)
     model, tokenizer, _ = load_checkpoint(run, device="cpu")
     before = generate(model, tokenizer, PROMPTS, max_new_tokens=32)
-    proc = subprocess.Popen([sys.executable, "-c", SAVE_THEN_HANG, str(run), str(REPO)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_THEN_HANG, str(run), str(REPO)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("STAGED"), line
-        proc.kill()                                    # SIGKILL: no cleanup handlers run
+        proc.kill()  # SIGKILL: no cleanup handlers run
         proc.wait(timeout=30)
     finally:
         proc.kill()
@@ -45,15 +50,24 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path, 
     assert partial and (partial[0] / "adapter_model.safetensors").exists()
     model, tokenizer, _ = load_checkpoint(run, device="cpu")
     assert generate(model, tokenizer, PROMPTS, max_new_tokens=32) == before
-    clean_stale_staging(tmp_path)                      # what the next save does first
+    clean_stale_staging(tmp_path)  # what the next save does first
     assert not list(tmp_path.glob(".*.partial-*")) and run.exists()
 
 
 def test_a_checkpoint_on_another_architecture_is_refused(tmp_path, trained_run):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     other = tmp_path / "tiny-llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(other)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(other)
     with pytest.raises(CheckpointError, match="another architecture.*hidden_size: 576 vs 64"):
         load_checkpoint(trained_run, base=str(other))
 
@@ -65,6 +79,7 @@ def test_not_a_run_folder(tmp_path):
 
 def test_merged_export_answers_like_the_adapter(tmp_path, trained_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model, tokenizer, _ = load_checkpoint(trained_run, device="cpu")
     expected = generate(model, tokenizer, PROMPTS, max_new_tokens=32)
     merged_dir = export_merged(trained_run, tmp_path / "merged")
@@ -76,15 +91,19 @@ def test_merged_export_answers_like_the_adapter(tmp_path, trained_run):
 
 # ---------------------------------------------------------------- --overwrite replaces only the lab's own runs
 
+
 def test_overwrite_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tmp_path):
     from finetune_lab.checkpoints import prepare_run
     from finetune_lab.config import ConfigError
+
     notes = tmp_path / "mydata"
     notes.mkdir()
     (notes / "notes.txt").write_text("my notes")
     (tmp_path / "notes.txt").write_text("a file")
-    with pytest.raises(ConfigError, match="mydata is a folder without run_config.json, not a finished run of this "
-                                          "lab.*nothing was touched"):
+    with pytest.raises(
+        ConfigError,
+        match="mydata is a folder without run_config.json, not a finished run of this lab.*nothing was touched",
+    ):
         prepare_run(tmp_path, "mydata", overwrite=True)
     with pytest.raises(ConfigError, match="notes.txt is a file, not a finished run"):
         prepare_run(tmp_path, "notes.txt", overwrite=True)
@@ -94,9 +113,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tmp_pa
 def test_run_names_with_the_lab_suffixes_and_a_finished_run_named_like_resume_state_are_refused(tmp_path):
     from finetune_lab.checkpoints import RUN_CONFIG, prepare_run
     from finetune_lab.config import ConfigError
+
     with pytest.raises(ConfigError, match="ends in .resume or .lock"):
         prepare_run(tmp_path, "foo.resume")
-    finished = tmp_path / "foo.resume"          # a finished run someone named foo.resume earlier
+    finished = tmp_path / "foo.resume"  # a finished run someone named foo.resume earlier
     finished.mkdir()
     (finished / RUN_CONFIG).write_text("{}")
     with pytest.raises(ConfigError, match="foo.resume is a folder without resume_config.json, not an interrupted run"):
@@ -107,6 +127,7 @@ def test_run_names_with_the_lab_suffixes_and_a_finished_run_named_like_resume_st
 def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):
     from finetune_lab.checkpoints import RESUME_CONFIG, RUN_CONFIG, prepare_run
     from finetune_lab.config import ConfigError
+
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / RUN_CONFIG).write_text("{}")
     with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite to replace it"):
@@ -120,6 +141,7 @@ def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):
 
 # ---------------------------------------------------------------- one process per run folder
 
+
 def dead_pid() -> int:
     proc = subprocess.Popen(["sleep", "30"])
     proc.kill()
@@ -130,6 +152,7 @@ def dead_pid() -> int:
 def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respected(tmp_path, capsys):
     from finetune_lab.checkpoints import RunLock, RunPaths
     from finetune_lab.config import ConfigError
+
     paths = RunPaths.of(tmp_path, "r")
     paths.lock.write_text(f"{dead_pid()}\n")
     with RunLock(paths):
@@ -140,7 +163,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respect
         paths.lock.write_text(f"{alive.pid}\n")
         with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is training this run right now"):
             RunLock(paths).acquire()
-        assert paths.lock.read_text().strip() == str(alive.pid)        # not ours: left in place
+        assert paths.lock.read_text().strip() == str(alive.pid)  # not ours: left in place
     finally:
         alive.kill()
 
@@ -148,6 +171,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respect
 def test_an_output_folder_that_cannot_be_created_is_reported_before_anything_runs(tmp_path):
     from finetune_lab.checkpoints import RunLock, RunPaths
     from finetune_lab.config import ConfigError
+
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="cannot create the output folder .*afile/out .*--output_dir you can write"):
         RunLock(RunPaths.of(tmp_path / "afile" / "out", "r")).acquire()
@@ -155,30 +179,49 @@ def test_an_output_folder_that_cannot_be_created_is_reported_before_anything_run
 
 # ---------------------------------------------------------------- damaged run folders: one line, the file, the fix
 
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[:1000])
 
 
 DAMAGE = [
-    ("adapter deleted", lambda run: (run / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
-    ("adapter cut off", lambda run: truncate(run / "adapter_model.safetensors"),
-     "adapter_model.safetensors is damaged (empty or cut off"),
-    ("adapter empty", lambda run: (run / "adapter_model.safetensors").write_bytes(b""),
-     "adapter_model.safetensors is damaged"),
-    ("adapter config garbage", lambda run: (run / "adapter_config.json").write_text("{not json"),
-     "adapter_config.json is damaged (not valid JSON"),
+    (
+        "adapter deleted",
+        lambda run: (run / "adapter_model.safetensors").unlink(),
+        "adapter_model.safetensors is missing",
+    ),
+    (
+        "adapter cut off",
+        lambda run: truncate(run / "adapter_model.safetensors"),
+        "adapter_model.safetensors is damaged (empty or cut off",
+    ),
+    (
+        "adapter empty",
+        lambda run: (run / "adapter_model.safetensors").write_bytes(b""),
+        "adapter_model.safetensors is damaged",
+    ),
+    (
+        "adapter config garbage",
+        lambda run: (run / "adapter_config.json").write_text("{not json"),
+        "adapter_config.json is damaged (not valid JSON",
+    ),
     ("adapter config deleted", lambda run: (run / "adapter_config.json").unlink(), "adapter_config.json is missing"),
     ("run config garbage", lambda run: (run / "run_config.json").write_text("\x00\x01"), "run_config.json is damaged"),
-    ("tokenizer deleted", lambda run: [(run / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
-     "the tokenizer files of"),
+    (
+        "tokenizer deleted",
+        lambda run: [(run / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],
+        "the tokenizer files of",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case,damage,message", DAMAGE, ids=[d[0] for d in DAMAGE])
-def test_a_damaged_run_folder_gives_one_line_naming_the_file_and_the_fix(tmp_path, trained_run, capsys, case, damage,
-                                                                         message):
+def test_a_damaged_run_folder_gives_one_line_naming_the_file_and_the_fix(
+    tmp_path, trained_run, capsys, case, damage, message
+):
     sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
     import evaluate_model
+
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     damage(run)

@@ -1,14 +1,25 @@
 """Bad configuration: each a one-line error before any heavy work (no model load, no folder written)."""
-import pytest
 
+import pytest
 from conftest import REPO, run_cli
+
 from finetune_lab.checkpoints import prepare_run
 from finetune_lab.config import ConfigError, TrainConfig
 from finetune_lab.models import choose_backend, cuda_available, resolve_model
 
 
-@pytest.mark.parametrize("field,value", [("rank", 0), ("alpha", -1), ("epochs", 0), ("batch_size", 0),
-                                         ("learning_rate", 0.0), ("max_seq_length", 0), ("dropout", 1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("rank", 0),
+        ("alpha", -1),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("learning_rate", 0.0),
+        ("max_seq_length", 0),
+        ("dropout", 1.0),
+    ],
+)
 def test_non_positive_settings_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
@@ -58,12 +69,15 @@ def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
         prepare_run(tmp_path, "r3", resume=True)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--rank", "0"], "error: rank must be greater than 0"),
-    (["--model", "no-such-preset"], "error: unknown model preset"),
-    (["--data", "data/missing.jsonl"], "error: data/missing.jsonl: the file does not exist"),
-    (["--method", "qlora"], "error: QLoRA needs a CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rank", "0"], "error: rank must be greater than 0"),
+        (["--model", "no-such-preset"], "error: unknown model preset"),
+        (["--data", "data/missing.jsonl"], "error: data/missing.jsonl: the file does not exist"),
+        (["--method", "qlora"], "error: QLoRA needs a CUDA GPU"),
+    ],
+)
 def test_cli_prints_one_line_errors_and_writes_nothing(tmp_path, args, message):
     if "qlora" in args and cuda_available():
         pytest.skip("this machine has a GPU: QLoRA is allowed here")

@@ -1,14 +1,19 @@
 """finetune_lab.data: the three schemas, tolerated quirks, and every bad-input case with its message."""
+
 import json
 
 import pytest
-
 from conftest import REPO, write_jsonl
+
 from finetune_lab import training
 from finetune_lab.config import TrainConfig
 from finetune_lab.data import MAX_LINE_CHARS, DatasetError, load_jsonl
 
-ALPACA = {"instruction": "Water bed 2 of `garden` with 3 liters.", "input": "", "output": "garden.water(bed=2, liters=3)"}
+ALPACA = {
+    "instruction": "Water bed 2 of `garden` with 3 liters.",
+    "input": "",
+    "output": "garden.water(bed=2, liters=3)",
+}
 
 
 def test_course_dataset_is_50_valid_alpaca_examples_and_heldout_is_disjoint():
@@ -26,9 +31,13 @@ def test_alpaca_input_is_appended_to_the_instruction(tmp_path):
 
 
 def test_chat_schema_trains_the_last_assistant_turn_with_the_rest_as_context(tmp_path):
-    messages = [{"role": "system", "content": "Answer with code."}, {"role": "user", "content": "Make a garden."},
-                {"role": "assistant", "content": "garden = gardenkit.Garden('A')"},
-                {"role": "user", "content": "Now save it."}, {"role": "assistant", "content": "garden.save('a.json')"}]
+    messages = [
+        {"role": "system", "content": "Answer with code."},
+        {"role": "user", "content": "Make a garden."},
+        {"role": "assistant", "content": "garden = gardenkit.Garden('A')"},
+        {"role": "user", "content": "Now save it."},
+        {"role": "assistant", "content": "garden.save('a.json')"},
+    ]
     ex = load_jsonl(write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])).examples[0]
     assert ex.prompt == messages[:-1] and ex.completion == "garden.save('a.json')"
 
@@ -58,18 +67,33 @@ BAD = [
     ("blank_only", ["", "   ", ""], None, ["only blank lines"]),
     ("cut_off_json", [json.dumps(ALPACA), '{"instruction": "Water bed 2", "out'], 2, ["not valid JSON", "cut-off"]),
     ("array", ['["instruction", "output"]'], 1, ["JSON list, not an object"]),
-    ("missing_field", [json.dumps(ALPACA), json.dumps({"instruction": "x", "input": ""})], 2,
-     ['field "output" is missing', 'add the "output" field']),
+    (
+        "missing_field",
+        [json.dumps(ALPACA), json.dumps({"instruction": "x", "input": ""})],
+        2,
+        ['field "output" is missing', 'add the "output" field'],
+    ),
     ("wrong_type", [json.dumps({**ALPACA, "output": 42})], 1, ['"output" is int, not a string']),
     ("empty_text", [json.dumps({**ALPACA, "instruction": "  "})], 1, ['"instruction" is empty']),
-    ("unknown_schema", [json.dumps({"question": "q", "answer": "a"})], 1,
-     ["match none of the three schemas", "instruction/input/output", "messages", "prompt/completion"]),
+    (
+        "unknown_schema",
+        [json.dumps({"question": "q", "answer": "a"})],
+        1,
+        ["match none of the three schemas", "instruction/input/output", "messages", "prompt/completion"],
+    ),
     ("two_schemas", [json.dumps({**ALPACA, "prompt": "p"})], 1, ["mix alpaca and prompt_completion"]),
-    ("mixed", [json.dumps(ALPACA), json.dumps({"prompt": "p", "completion": "c"})], 2,
-     ["prompt_completion schema but line 1 uses alpaca", "one schema"]),
-    ("unknown_role", [json.dumps({"messages": [{"role": "human", "content": "hi"},
-                                               {"role": "assistant", "content": "yo"}]})], 1,
-     ["role 'human'", "system, user or assistant"]),
+    (
+        "mixed",
+        [json.dumps(ALPACA), json.dumps({"prompt": "p", "completion": "c"})],
+        2,
+        ["prompt_completion schema but line 1 uses alpaca", "one schema"],
+    ),
+    (
+        "unknown_role",
+        [json.dumps({"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]})],
+        1,
+        ["role 'human'", "system, user or assistant"],
+    ),
     ("no_assistant", [json.dumps({"messages": [{"role": "user", "content": "hi"}]})], 1, ["no assistant turn"]),
     ("huge_line", [json.dumps({**ALPACA, "output": "x" * (MAX_LINE_CHARS + 1)})], 1, ["characters long"]),
 ]
@@ -98,8 +122,9 @@ def test_missing_file_and_non_utf8_bytes(tmp_path):
     with pytest.raises(DatasetError, match="nope.jsonl: the file does not exist"):
         training.run_lab(TrainConfig(data=str(tmp_path / "nope.jsonl"), output_dir=str(tmp_path / "out")))
     latin1 = tmp_path / "latin1.jsonl"
-    latin1.write_bytes(json.dumps(ALPACA).encode() + b"\n" + '{"instruction": "Gie\xdfe", "output": "x"}'
-                       .encode("latin-1"))
+    latin1.write_bytes(
+        json.dumps(ALPACA).encode() + b"\n" + '{"instruction": "Gie\xdfe", "output": "x"}'.encode("latin-1")
+    )
     with pytest.raises(DatasetError, match=r"line 2: byte 0xdf is not UTF-8.*save the file as UTF-8"):
         training.run_lab(TrainConfig(data=str(latin1), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
@@ -107,8 +132,10 @@ def test_missing_file_and_non_utf8_bytes(tmp_path):
 
 # ---------------------------------------------------------------- chat-template markers inside the data
 
+
 def markers_error(tmp_path, rows, tokenizer, model="smollm2-135m"):
     from finetune_lab.data import check_chat_markers
+
     dataset = load_jsonl(write_jsonl(tmp_path / "m.jsonl", rows))
     with pytest.raises(DatasetError) as err:
         check_chat_markers(dataset, tokenizer, model)
@@ -118,6 +145,7 @@ def markers_error(tmp_path, rows, tokenizer, model="smollm2-135m"):
 @pytest.fixture(scope="module")
 def smollm2_tokenizer(base_model_dir):
     from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(base_model_dir)
 
 
@@ -138,7 +166,8 @@ def test_a_fake_turn_inside_the_user_text_is_refused(tmp_path, smollm2_tokenizer
 def test_the_rule_follows_the_chosen_models_template(tmp_path, smollm2_tokenizer):
     from finetune_lab.data import check_chat_markers
     from finetune_lab.shapes import toy_chat_tokenizer
-    zephyr = toy_chat_tokenizer()          # TinyLlama's and StableLM-Zephyr's format: <|user|> ... </s>
+
+    zephyr = toy_chat_tokenizer()  # TinyLlama's and StableLM-Zephyr's format: <|user|> ... </s>
     rows = [{**ALPACA, "output": "garden.water(bed=2)</s>\n<|user|>\nthanks"}]
     err = markers_error(tmp_path, rows, zephyr, "tinyllama-1.1b-chat")
     assert 'contains "</s>", which tinyllama-1.1b-chat reads' in str(err)
@@ -147,8 +176,11 @@ def test_the_rule_follows_the_chosen_models_template(tmp_path, smollm2_tokenizer
 
 
 def test_a_chat_that_goes_on_after_its_last_answer_is_reported(tmp_path):
-    messages = [{"role": "user", "content": "Make a garden."}, {"role": "assistant", "content": "g = Garden('A')"},
-                {"role": "user", "content": "Thanks!"}]
+    messages = [
+        {"role": "user", "content": "Make a garden."},
+        {"role": "assistant", "content": "g = Garden('A')"},
+        {"role": "user", "content": "Thanks!"},
+    ]
     ds = load_jsonl(write_jsonl(tmp_path / "t.jsonl", [{"messages": messages}]))
     assert ds.examples[0].completion == "g = Garden('A')"
     assert "line(s) 1: the chat goes on after its last assistant answer" in ds.warnings[0]

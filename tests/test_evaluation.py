@@ -1,14 +1,26 @@
 """finetune_lab.evaluation on hand-made cases, then on a real trained run."""
+
 import json
 import math
 import os
 import shutil
 
 import pytest
+from conftest import LAB, REPO
 
-from conftest import REPO, LAB
-from finetune_lab.evaluation import (aggregate, extract_code, hallucinated_calls, highlight_invented, load_api,
-                                     rouge_l, same_program, score, score_answers, summary_table, token_f1)
+from finetune_lab.evaluation import (
+    aggregate,
+    extract_code,
+    hallucinated_calls,
+    highlight_invented,
+    load_api,
+    rouge_l,
+    same_program,
+    score,
+    score_answers,
+    summary_table,
+    token_f1,
+)
 
 API = load_api()
 
@@ -19,22 +31,29 @@ def test_the_api_stub_is_parsed():
     assert API.returns("Garden", "plant") == "Plant" and API.returns(None, "schedule") == "list[Task]"
 
 
-@pytest.mark.parametrize("code,flagged", [
-    ('import gardenkit\ngarden = gardenkit.Garden("A")\ngarden.plant("bean", bed=1)', []),
-    ('import gardenkit\ngarden = gardenkit.create_garden("A")', ["gardenkit.create_garden"]),
-    ('garden.add_plant("bean")', ["Garden.add_plant"]),                       # `garden` is a Garden by convention
-    ('import gardenkit as gk\ng = gk.load_garden("a.json")\ng.water_all()', ["Garden.water_all"]),
-    ('from gardenkit import Garden, grow\ng = Garden("A")\nfor p in g.plants():\n    p.prune()',
-     ["gardenkit.grow", "Plant.prune"]),
-    ('import gardenkit\nfor t in gardenkit.schedule(garden):\n    t.done()\n    t.skip()', ["Task.skip"]),
-    ('names = [p.species for p in garden.plants()]\nprint(len(names))', []),
-    ('total = sum(p.weight for p in garden.plants(bed=1))', ["Plant.weight"]),
-    ('import gardenkit\ngardenkit.Garden("A").water(bed=1, liters=2', []),        # unparsable, but real
-    ('gardenkit.magic(', ["gardenkit.magic"]),                                # unparsable, invented
-    ('x = [1, 2]\nx.append(3)', []),                                           # not the library: not judged
-    ('import gardenkit\ng = gardenkit.Garden(name="A", soil="clay")\ng.water(bed=1, amount=2)',
-     ["Garden(soil=)", "Garden.water(amount=)"]),                            # invented keyword arguments
-])
+@pytest.mark.parametrize(
+    "code,flagged",
+    [
+        ('import gardenkit\ngarden = gardenkit.Garden("A")\ngarden.plant("bean", bed=1)', []),
+        ('import gardenkit\ngarden = gardenkit.create_garden("A")', ["gardenkit.create_garden"]),
+        ('garden.add_plant("bean")', ["Garden.add_plant"]),  # `garden` is a Garden by convention
+        ('import gardenkit as gk\ng = gk.load_garden("a.json")\ng.water_all()', ["Garden.water_all"]),
+        (
+            'from gardenkit import Garden, grow\ng = Garden("A")\nfor p in g.plants():\n    p.prune()',
+            ["gardenkit.grow", "Plant.prune"],
+        ),
+        ("import gardenkit\nfor t in gardenkit.schedule(garden):\n    t.done()\n    t.skip()", ["Task.skip"]),
+        ("names = [p.species for p in garden.plants()]\nprint(len(names))", []),
+        ("total = sum(p.weight for p in garden.plants(bed=1))", ["Plant.weight"]),
+        ('import gardenkit\ngardenkit.Garden("A").water(bed=1, liters=2', []),  # unparsable, but real
+        ("gardenkit.magic(", ["gardenkit.magic"]),  # unparsable, invented
+        ("x = [1, 2]\nx.append(3)", []),  # not the library: not judged
+        (
+            'import gardenkit\ng = gardenkit.Garden(name="A", soil="clay")\ng.water(bed=1, amount=2)',
+            ["Garden(soil=)", "Garden.water(amount=)"],
+        ),  # invented keyword arguments
+    ],
+)
 def test_hallucinated_calls(code, flagged):
     assert hallucinated_calls(code, API) == flagged
 
@@ -54,17 +73,23 @@ def test_text_metrics_on_known_cases():
 
 
 def test_accuracy_and_hallucination_rate_per_answer_and_in_aggregate():
-    reference = 'garden.water(bed=2, liters=3)'
+    reference = "garden.water(bed=2, liters=3)"
     right = score("```python\ngarden.water(bed=2,liters=3)\n```", reference, API)
     invented = score("garden.irrigate(bed=2)", reference, API)
     wrong_but_real = score("garden.water(bed=3, liters=3)", reference, API)
     assert (right["accuracy"], right["hallucination_rate"], right["parses"]) == (1.0, 0.0, 1.0)
     assert (invented["accuracy"], invented["hallucination_rate"], invented["hallucinated"]) == (
-        0.0, 1.0, "Garden.irrigate")
+        0.0,
+        1.0,
+        "Garden.irrigate",
+    )
     assert (wrong_but_real["accuracy"], wrong_but_real["hallucination_rate"]) == (0.0, 0.0)
-    table = score_answers(["p1", "p2", "p3"], [reference] * 3,
-                          ["garden.water(bed=2, liters=3)", "garden.irrigate(bed=2)", "garden.water(bed=3, liters=3)"],
-                          API)
+    table = score_answers(
+        ["p1", "p2", "p3"],
+        [reference] * 3,
+        ["garden.water(bed=2, liters=3)", "garden.irrigate(bed=2)", "garden.water(bed=3, liters=3)"],
+        API,
+    )
     agg = aggregate(table)
     assert agg["accuracy"] == pytest.approx(1 / 3) and agg["hallucination_rate"] == pytest.approx(1 / 3)
 
@@ -78,10 +103,25 @@ def test_prose_references_are_scored_without_code_checks():
 def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_base(trained_run):
     import subprocess
     import sys
+
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    done = subprocess.run([sys.executable, str(LAB / "evaluate_model.py"), str(trained_run), "--limit", "4",
-                           "--data", f"trained={REPO / 'data' / 'course_train.jsonl'}", "--wandb"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(LAB / "evaluate_model.py"),
+            str(trained_run),
+            "--limit",
+            "4",
+            "--data",
+            f"trained={REPO / 'data' / 'course_train.jsonl'}",
+            "--wandb",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     eval_dir = trained_run / "eval"
     summary = {row["model"]: row for row in json.loads((eval_dir / "summary.json").read_text())}
@@ -89,7 +129,7 @@ def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_
     assert summary["fine-tuned"]["hallucination_rate"] <= summary["base"]["hallucination_rate"]
     assert (eval_dir / "scores.png").stat().st_size > 0 and (eval_dir / "per_example.csv").exists()
     assert "fine-tuned" in done.stdout and "accuracy" in done.stdout
-    wandb_runs = list((trained_run.parent / "wandb").glob("offline-run-*"))   # --wandb: offline, no login
+    wandb_runs = list((trained_run.parent / "wandb").glob("offline-run-*"))  # --wandb: offline, no login
     assert len(wandb_runs) == 1
     assert json.loads((wandb_runs[0] / "files" / "summary.json").read_text()) == list(summary.values())
     assert next(wandb_runs[0].glob("run-*.wandb")).read_bytes().count(b"eval_summary") >= 1
@@ -97,14 +137,18 @@ def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_
 
 # ---------------------------------------------------------------- prose answers and which family applies
 
-@pytest.mark.parametrize("reference,family", [
-    ("It is 42.", "prose"),                                  # parses (a comparison) but is prose
-    ("The garden has 3 beds.", "prose"),
-    ("garden.water(bed=2, liters=3)", "code"),
-    ("import gardenkit", "code"),
-    ("x = 1", "code"),
-    ("```bash\npip install gardenkit\n```", "code"),          # a fenced block is code whatever its language
-])
+
+@pytest.mark.parametrize(
+    "reference,family",
+    [
+        ("It is 42.", "prose"),  # parses (a comparison) but is prose
+        ("The garden has 3 beds.", "prose"),
+        ("garden.water(bed=2, liters=3)", "code"),
+        ("import gardenkit", "code"),
+        ("x = 1", "code"),
+        ("```bash\npip install gardenkit\n```", "code"),  # a fenced block is code whatever its language
+    ],
+)
 def test_which_references_are_code(reference, family):
     assert score("anything", reference, API)["family"] == family
 
@@ -113,14 +157,16 @@ PORT_PROMPT = "Which port does the gardenkit server listen on?"
 PORT_REFERENCE = "The server listens on port 5000."
 
 
-@pytest.mark.parametrize("answer,correct,abstained,invented", [
-    ("It runs on port 8080.", 0.0, 0.0, "8080"),                            # an invented port
-    ("The gardenkit server uses port 5000.", 1.0, 0.0, ""),                 # a paraphrase with the right number
-    ("I don't know which port it uses.", 0.0, 1.0, ""),                     # abstains: not wrong, not invented
-    ("Port 5000, set in `server.toml`.", 0.0, 0.0, "server.toml"),           # right number, invented file
-])
-def test_prose_hallucinations_are_specifics_found_in_neither_reference_nor_prompt(answer, correct, abstained,
-                                                                                  invented):
+@pytest.mark.parametrize(
+    "answer,correct,abstained,invented",
+    [
+        ("It runs on port 8080.", 0.0, 0.0, "8080"),  # an invented port
+        ("The gardenkit server uses port 5000.", 1.0, 0.0, ""),  # a paraphrase with the right number
+        ("I don't know which port it uses.", 0.0, 1.0, ""),  # abstains: not wrong, not invented
+        ("Port 5000, set in `server.toml`.", 0.0, 0.0, "server.toml"),  # right number, invented file
+    ],
+)
+def test_prose_hallucinations_are_specifics_found_in_neither_reference_nor_prompt(answer, correct, abstained, invented):
     row = score(answer, PORT_REFERENCE, API, PORT_PROMPT)
     assert row["family"] == "prose" and math.isnan(row["parses"])
     assert (row["accuracy"], row["abstained"], row["hallucinated"]) == (correct, abstained, invented)
@@ -140,44 +186,73 @@ def test_a_rate_that_applies_to_no_answer_is_nan_and_prints_n_a():
 def test_evaluate_cli_on_a_students_prose_file_splits_off_a_held_out_part(tmp_path, trained_run):
     import subprocess
     import sys
-    rows = [{"instruction": f"How many beds does garden {i} have?", "output": f"Garden {i} has {i + 2} beds."}
-            for i in range(10)]
+
+    rows = [
+        {"instruction": f"How many beds does garden {i} have?", "output": f"Garden {i} has {i + 2} beds."}
+        for i in range(10)
+    ]
     prose = tmp_path / "my_module03.jsonl"
     prose.write_text("\n".join(json.dumps(r) for r in rows))
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    done = subprocess.run([sys.executable, str(LAB / "evaluate_model.py"), str(run), "--train", str(prose),
-                           "--no_base", "--max_new_tokens", "24"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(LAB / "evaluate_model.py"),
+            str(run),
+            "--train",
+            str(prose),
+            "--no_base",
+            "--max_new_tokens",
+            "24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "20% of" in done.stdout and "split off" in done.stdout
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert [r["split"] for r in summary] == ["trained", "held-out (20% of my_module03.jsonl, split off)"]
     assert [r["n"] for r in summary] == [8, 2] and {r["family"] for r in summary} == {"8 prose", "2 prose"}
-    assert all(r["parses"] is None for r in summary)                # n/a for prose: no code to parse
+    assert all(r["parses"] is None for r in summary)  # n/a for prose: no code to parse
 
 
 def test_invented_spans_are_highlighted_for_the_notebook():
-    table = score_answers(["Which port?", "Water bed 2."], [PORT_REFERENCE, "garden.water(bed=2, liters=3)"],
-                          ["It runs on port 8080.", "garden.irrigate(bed=2)"], API)
+    table = score_answers(
+        ["Which port?", "Water bed 2."],
+        [PORT_REFERENCE, "garden.water(bed=2, liters=3)"],
+        ["It runs on port 8080.", "garden.irrigate(bed=2)"],
+        API,
+    )
     html = highlight_invented(table)
     assert "It runs on port <mark>8080</mark>." in html and "garden.<mark>irrigate</mark>(bed=2)" in html
 
 
 def test_every_schema_is_evaluated_with_its_own_turns(tmp_path):
     from finetune_lab.evaluation import load_splits
+
     files = {
         "alpaca": {"system": "Answer in one sentence.", "instruction": "Which port?", "output": "Port 5000."},
-        "chat": {"messages": [{"role": "user", "content": "Make a garden."},
-                              {"role": "assistant", "content": "g = gardenkit.Garden('A')"},
-                              {"role": "user", "content": "Which port?"}, {"role": "assistant", "content": "Port 5000."}]},
+        "chat": {
+            "messages": [
+                {"role": "user", "content": "Make a garden."},
+                {"role": "assistant", "content": "g = gardenkit.Garden('A')"},
+                {"role": "user", "content": "Which port?"},
+                {"role": "assistant", "content": "Port 5000."},
+            ]
+        },
         "prompt_completion": {"prompt": "Which port?", "completion": "Port 5000."},
     }
     for name, row in files.items():
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
     splits = load_splits({n: str(tmp_path / f"{n}.jsonl") for n in files}, system_prompt="Default system.")
     prompts = {n: ds.examples[0].prompt for n, ds in splits.items()}
-    assert prompts["alpaca"][0] == {"role": "system", "content": "Answer in one sentence."}       # the row's own
-    assert [t["role"] for t in prompts["chat"]] == ["system", "user", "assistant", "user"]          # every turn
-    assert prompts["prompt_completion"] == [{"role": "system", "content": "Default system."},
-                                            {"role": "user", "content": "Which port?"}]
+    assert prompts["alpaca"][0] == {"role": "system", "content": "Answer in one sentence."}  # the row's own
+    assert [t["role"] for t in prompts["chat"]] == ["system", "user", "assistant", "user"]  # every turn
+    assert prompts["prompt_completion"] == [
+        {"role": "system", "content": "Default system."},
+        {"role": "user", "content": "Which port?"},
+    ]
     assert all(ds.examples[0].completion == "Port 5000." for ds in splits.values())

@@ -4,6 +4,7 @@ The CLI trains the embedded SmolLM2 with LoRA and QLoRA through both backends (U
 bitsandbytes); each run must learn, save, and reload with the same greedy answers, on the GPU and on the CPU.
 Unsloth's padding-free and packed batches must give the padded batches' loss (no example sees another).
 """
+
 import importlib.util
 import json
 import os
@@ -11,31 +12,48 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
 from finetune_lab.models import cuda_available
 from finetune_lab.runtime import gpu, native_dtype
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU: run on a GPU machine "
-                                 "(scripts/gpu_verify.sh); the CPU path is covered by test_unsloth_finetune.py")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not cuda_available(),
+        reason="needs a CUDA GPU: run on a GPU machine "
+        "(scripts/gpu_verify.sh); the CPU path is covered by test_unsloth_finetune.py",
+    ),
+]
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("unsloth", "bitsandbytes")}
 
 
-@pytest.mark.parametrize("backend,method", [("unsloth", "lora"), ("unsloth", "qlora"),
-                                            ("transformers", "lora"), ("transformers", "qlora")])
+@pytest.mark.parametrize(
+    "backend,method", [("unsloth", "lora"), ("unsloth", "qlora"), ("transformers", "lora"), ("transformers", "qlora")]
+)
 def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backend, method):
     if backend == "unsloth" and not HAS["unsloth"]:
         pytest.skip("unsloth is not installed (pip install -r requirements-gpu.txt)")
     if method == "qlora" and not HAS["bitsandbytes"]:
         pytest.skip("bitsandbytes is not installed (pip install -r requirements-gpu.txt)")
     # 48 steps (3 s on a GPU): bf16 needs more than the CPU quick run's 16 to get the programs exactly right.
-    done = run_cli("--test_mode", "--max_steps", "48", "--backend", backend, "--method", method,
-                   "--output_dir", str(tmp_path),
-                   "--run_name", "gpu", timeout=300)
+    done = run_cli(
+        "--test_mode",
+        "--max_steps",
+        "48",
+        "--backend",
+        backend,
+        "--method",
+        method,
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "gpu",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"backend={backend} device=cuda" in done.stdout and f"method={method}" in done.stdout
     # bf16 on Ampere and newer, fp16 on a T4 (also under scripts/t4sim), whatever is_bf16_supported() says
@@ -48,11 +66,19 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     prompts = [s["messages"] for s in samples]
     model, tokenizer, _ = load_checkpoint(run, device="cuda")
     on_gpu = generate(model, tokenizer, prompts, max_new_tokens=96)
-    print(json.dumps({"backend": backend, "method": method, "dtype": native_dtype(gpu().capability),
-                      "losses": [losses[0], losses[-1]],
-                      "reload_identical_on_gpu": on_gpu == [s["after"] for s in samples]}))
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "method": method,
+                "dtype": native_dtype(gpu().capability),
+                "losses": [losses[0], losses[-1]],
+                "reload_identical_on_gpu": on_gpu == [s["after"] for s in samples],
+            }
+        )
+    )
     assert sum(a == s["after"] for a, s in zip(on_gpu, samples)) >= 3
-    model, tokenizer, _ = load_checkpoint(run, device="cpu")   # a GPU checkpoint reloads on a CPU
+    model, tokenizer, _ = load_checkpoint(run, device="cpu")  # a GPU checkpoint reloads on a CPU
     on_cpu = generate(model, tokenizer, prompts[:3], max_new_tokens=96)
     assert sum(bool(same_program(a, s["reference"])) for a, s in zip(on_cpu, samples)) >= 2
 
@@ -66,26 +92,33 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 from test_training import padded_flat_and_mixed_losses
-padded, flat, mixed, _ = padded_flat_and_mixed_losses(Path(sys.argv[1]), sys.argv[2], backend="unsloth", model=sys.argv[3])
+padded, flat, mixed, _ = padded_flat_and_mixed_losses(Path(sys.argv[1]), sys.argv[2], backend="unsloth",
+                                                      model=sys.argv[3])
 print(json.dumps(dict(padded=padded, flat=flat, mixed=mixed)))
 """
 
 
 def unsloth_batch_losses(tmp_path, batching, attention, model_dir):
     """The padded, flat and mixed losses of padded_flat_and_mixed_losses, through Unsloth with `attention`."""
-    done = subprocess.run([sys.executable, "-c", LOSSES_IN_A_FRESH_PROCESS, str(tmp_path), batching, str(model_dir)],
-                          cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "UNSLOTH_SDPA_PACKED_SEGMENTS": PACKED_ATTENTION[attention]})
+    done = subprocess.run(
+        [sys.executable, "-c", LOSSES_IN_A_FRESH_PROCESS, str(tmp_path), batching, str(model_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "UNSLOTH_SDPA_PACKED_SEGMENTS": PACKED_ATTENTION[attention]},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("batching,attention", [("padding_free", "per example"), ("packing", "per example"),
-                                                ("packing", "one dense block mask")])
+@pytest.mark.parametrize(
+    "batching,attention",
+    [("padding_free", "per example"), ("packing", "per example"), ("packing", "one dense block mask")],
+)
 def test_unsloth_padding_free_and_packed_batches_keep_examples_apart(tmp_path, base_model_dir, batching, attention):
     if not HAS["unsloth"]:
         pytest.skip("unsloth is not installed (pip install -r requirements-gpu.txt)")
     losses = unsloth_batch_losses(tmp_path, batching, attention, base_model_dir)
     print(json.dumps({"batching": batching, "attention": attention, **losses}))
-    assert losses["flat"] == pytest.approx(losses["padded"], rel=2e-2)   # bf16: the sums run in another order
+    assert losses["flat"] == pytest.approx(losses["padded"], rel=2e-2)  # bf16: the sums run in another order
     assert abs(losses["mixed"] - losses["padded"]) > 5 * abs(losses["flat"] - losses["padded"])

@@ -1,17 +1,23 @@
 """finetune_lab.install_gpu: the Colab/GPU install never names torch, and picks xformers and torchao for the
 running torch. scripts/check_gpu_install.py proves it against PyPI (it needs the network, so it is not run here)."""
+
 import subprocess
 
 import nbformat
 import pytest
-
 from conftest import REPO
+
 from finetune_lab.install_gpu import NO_DEPS, WITH_DEPS, install_commands
 
 
-@pytest.mark.parametrize("torch_version,xformers,torchao", [("2.10.0+cu128", "xformers==0.0.34", "torchao==0.16.0"),
-                                                            ("2.9.1", "xformers==0.0.33.post1", "torchao==0.16.0"),
-                                                            ("2.11.0+cu130", None, "torchao==0.17.0")])
+@pytest.mark.parametrize(
+    "torch_version,xformers,torchao",
+    [
+        ("2.10.0+cu128", "xformers==0.0.34", "torchao==0.16.0"),
+        ("2.9.1", "xformers==0.0.33.post1", "torchao==0.16.0"),
+        ("2.11.0+cu130", None, "torchao==0.17.0"),
+    ],
+)
 def test_xformers_only_in_the_build_for_the_running_torch(torch_version, xformers, torchao):
     no_deps, with_deps = install_commands(torch_version)
     assert no_deps[:3] == ["--no-deps", "-r", str(NO_DEPS)] and torchao in no_deps
@@ -45,8 +51,12 @@ def test_every_notebook_installs_through_the_same_installer_on_colab():
 def test_make_takes_the_cpu_torch_from_an_index_only_when_asked():
     plain = subprocess.run(["make", "-n", "setup", "VENV=/nonexistent"], cwd=REPO, capture_output=True, text=True)
     assert "--index-url" not in plain.stdout
-    cpu = subprocess.run(["make", "-n", "setup", "VENV=/nonexistent", "TORCH_INDEX=https://example.org/whl/cpu"],
-                         cwd=REPO, capture_output=True, text=True).stdout
+    cpu = subprocess.run(
+        ["make", "-n", "setup", "VENV=/nonexistent", "TORCH_INDEX=https://example.org/whl/cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "pip install --quiet --index-url https://example.org/whl/cpu torch==2.13.0" in cpu
     # the CPU torch goes in first, so requirements.txt finds its pin already met
     assert cpu.index("--index-url") < cpu.index("-r requirements.txt")

@@ -1,4 +1,5 @@
 """finetune_lab.memory: Module 04's arithmetic, checked against the numbers the module prints."""
+
 import pytest
 
 from finetune_lab.config import ALL_LINEAR
@@ -29,7 +30,7 @@ def test_full_vs_lora_vs_qlora_memory_follows_the_module(tinyllama):
     assert lora.training_state_mb * MB / 1e9 == pytest.approx(0.20, abs=0.01)
     # QLoRA: the blocks' linear layers in NF4 (~0.52 bytes per weight), embeddings and head stay 16-bit
     assert 0.6 < qlora.weights_mb * MB / 1e9 < 0.9
-    assert full.total_mb > 15 * 1024 > lora.total_mb > qlora.total_mb    # what fits on a 15 GB T4
+    assert full.total_mb > 15 * 1024 > lora.total_mb > qlora.total_mb  # what fits on a 15 GB T4
 
 
 def test_gradient_checkpointing_and_shorter_batches_need_fewer_activations(tinyllama):

@@ -2,12 +2,12 @@
 
 nbval itself runs the notebooks (pytest collects labs/*.ipynb with --nbval-lax, see pyproject.toml).
 """
+
 import re
-import tomllib
 
 import nbformat
 import pytest
-
+import tomllib
 from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "labs").rglob("*.ipynb"))
@@ -24,16 +24,18 @@ def test_outputs_policy_only_checked_cells_keep_outputs(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     checked = [c for c in code if c.source.lstrip().startswith(MARKER)]
     assert checked, "each notebook checks at least one deterministic output"
-    assert [c.execution_count for c in checked] == list(range(1, len(checked) + 1)), \
+    assert [c.execution_count for c in checked] == list(range(1, len(checked) + 1)), (
         "run scripts/clean_notebooks.py before committing"
+    )
     for cell in code:
         if cell in checked:
             text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs)
             assert text.strip(), f"checked cell has no committed output:\n{cell.source[:80]}"
             assert not MACHINE_NOISE.search(text), f"machine-specific output committed:\n{text[:200]}"
         else:
-            assert cell.outputs == [] and cell.execution_count is None, \
+            assert cell.outputs == [] and cell.execution_count is None, (
                 f"unchecked cell has committed output:\n{cell.source[:80]}"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -62,8 +64,12 @@ def test_every_colab_badge_uses_the_repository_slug_and_points_at_a_notebook():
 
 def test_relative_links_in_the_course_text_resolve():
     link = re.compile(r"\]\((?!https?://|#|mailto:)([^)\s]+)\)")
-    docs = [REPO / "README.md", *(REPO / "modules").rglob("*.md"), *(REPO / "data").rglob("*.md"),
-            REPO / "checkpoints" / "README.md"]
+    docs = [
+        REPO / "README.md",
+        *(REPO / "modules").rglob("*.md"),
+        *(REPO / "data").rglob("*.md"),
+        REPO / "checkpoints" / "README.md",
+    ]
     assert len(docs) >= 5
     for doc in docs:
         for target in link.findall(doc.read_text()):

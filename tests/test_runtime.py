@@ -1,4 +1,5 @@
 """finetune_lab.runtime: the one dtype decision (which precision for which card), checked on any machine."""
+
 import pytest
 
 from finetune_lab.config import ConfigError, TrainConfig
@@ -10,8 +11,9 @@ A100 = Gpu("NVIDIA A100", (8, 0), 40960, 40000)
 H200 = Gpu("NVIDIA H200", (9, 0), 143771, 143000)
 
 
-@pytest.mark.parametrize("card,dtype", [(None, "float32"), (V100, "float16"), (T4, "float16"),
-                                        (A100, "bfloat16"), (H200, "bfloat16")])
+@pytest.mark.parametrize(
+    "card,dtype", [(None, "float32"), (V100, "float16"), (T4, "float16"), (A100, "bfloat16"), (H200, "bfloat16")]
+)
 def test_auto_picks_the_cards_native_precision(card, dtype):
     assert native_dtype(card.capability if card else None) == dtype
     assert choose_dtype("auto", card) == dtype
@@ -20,7 +22,9 @@ def test_auto_picks_the_cards_native_precision(card, dtype):
 def test_a_t4_is_never_given_bf16_even_though_torch_says_it_is_supported():
     # torch.cuda.is_bf16_supported() answers True on a T4 (emulation); the decision reads the capability instead.
     assert not T4.native_bf16 and choose_dtype("auto", T4) == "float16"
-    with pytest.raises(ConfigError, match=r"Tesla T4 \(compute capability 7.5\) has no native bfloat16.*--dtype float16"):
+    with pytest.raises(
+        ConfigError, match=r"Tesla T4 \(compute capability 7.5\) has no native bfloat16.*--dtype float16"
+    ):
         choose_dtype("bfloat16", T4)
 
 
@@ -30,8 +34,9 @@ def test_half_precision_on_a_cpu_is_refused_with_the_fix(requested):
         choose_dtype(requested, None)
 
 
-@pytest.mark.parametrize("card,requested", [(None, "float32"), (H200, "float16"), (H200, "float32"),
-                                            (T4, "float32"), (A100, "bfloat16")])
+@pytest.mark.parametrize(
+    "card,requested", [(None, "float32"), (H200, "float16"), (H200, "float32"), (T4, "float32"), (A100, "bfloat16")]
+)
 def test_overrides_the_card_can_run_are_kept(card, requested):
     assert choose_dtype(requested, card) == requested
 

@@ -1,10 +1,11 @@
 """finetune_lab.tracking: optional wandb logging that never waits for a login."""
+
 import json
 import time
 
 import pytest
-
 from conftest import REPO
+
 from finetune_lab.config import quick_config
 from finetune_lab.training import run_lab
 
@@ -14,8 +15,14 @@ pytestmark = pytest.mark.slow
 def test_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch, base_model_dir):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = quick_config(data=str(REPO / "data" / "course_train.jsonl"), output_dir=str(tmp_path), run_name="wb",
-                       limit_examples=8, max_steps=4, wandb=True)
+    cfg = quick_config(
+        data=str(REPO / "data" / "course_train.jsonl"),
+        output_dir=str(tmp_path),
+        run_name="wb",
+        limit_examples=8,
+        max_steps=4,
+        wandb=True,
+    )
     lab = run_lab(cfg, max_new_tokens=8)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]

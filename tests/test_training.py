@@ -1,13 +1,14 @@
 """finetune_lab.training on the real embedded model: prompt masking, EOS, padding-free and packed batches,
 determinism, Ctrl-C and --resume."""
+
 import json
 import re
 
 import pytest
+from conftest import REPO
 from transformers import TrainerCallback
 
 import finetune_lab.models as models
-from conftest import REPO
 from finetune_lab.config import ConfigError, TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
 from finetune_lab.models import CHATML_END, BackendChoice, load_for_training, use_dense_packed_mask
@@ -19,8 +20,16 @@ DATA = str(REPO / "data" / "course_train.jsonl")
 
 def short_config(tmp_path, run_name, **changes):
     # 8 examples, 6 steps: long enough for a loss history, short enough to run three times.
-    values = dict(data=DATA, output_dir=str(tmp_path), run_name=run_name, limit_examples=8, max_steps=6,
-                  batch_size=4, save_steps=100, max_seq_length=128)
+    values = dict(
+        data=DATA,
+        output_dir=str(tmp_path),
+        run_name=run_name,
+        limit_examples=8,
+        max_steps=6,
+        batch_size=4,
+        save_steps=100,
+        max_seq_length=128,
+    )
     values.update(changes)
     return quick_config(**values)
 
@@ -37,7 +46,7 @@ def test_prompt_tokens_are_masked_and_the_answer_ends_with_eos(tmp_path, base_mo
         trained = labels != -100
         answer = tokenizer.decode(ids[trained])
         # Only the assistant's answer is learned, and it ends with the end-of-turn token, so the model stops.
-        assert answer.startswith(example.completion) and CHATML_END in answer[len(example.completion):]
+        assert answer.startswith(example.completion) and CHATML_END in answer[len(example.completion) :]
         prompt = tokenizer.decode(ids[: trained.nonzero()[0].item()])
         assert example.user_text in prompt and prompt.rstrip().endswith("assistant")
         assert trained.sum() < len(ids) / 2
@@ -48,6 +57,7 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     and in the flat row without its position ids, where the examples attend to each other; and the flat trainer's
     dataset rows (TRL packs them ahead of training; Unsloth leaves 8 rows and packs as it collates)."""
     import torch
+
     padded_cfg = short_config(tmp_path, "padded", max_seq_length=256, **config)
     model, tokenizer, choice = load_for_training(padded_cfg, verbose=False)
     model.eval()
@@ -55,8 +65,15 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     dataset.examples = dataset.examples[:8]
     padded = build_trainer(model, tokenizer, dataset, padded_cfg, choice, tmp_path / "padded")
     flat_cfg = padded_cfg.replace(**{batching: True})
-    flat = build_trainer(model, tokenizer, dataset, flat_cfg, choice, tmp_path / "flat",
-                         make_sft_config(flat_cfg, choice, tmp_path / "flat"))
+    flat = build_trainer(
+        model,
+        tokenizer,
+        dataset,
+        flat_cfg,
+        choice,
+        tmp_path / "flat",
+        make_sft_config(flat_cfg, choice, tmp_path / "flat"),
+    )
     rows = [flat.train_dataset[i] for i in range(len(flat.train_dataset))]
     padded_batch = padded.data_collator([padded.train_dataset[i] for i in range(8)])
     flat_batch = flat.data_collator(rows)
@@ -68,15 +85,18 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     with torch.no_grad():
         padded_loss = model(**{k: v.to(device) for k, v in padded_batch.items()}).loss.item()
         flat_loss = model(**{k: v.to(device) for k, v in flat_batch.items()}).loss.item()
-        mixed_loss = model(input_ids=flat_batch["input_ids"].to(device), labels=flat_batch["labels"].to(device)).loss.item()
+        mixed_loss = model(
+            input_ids=flat_batch["input_ids"].to(device), labels=flat_batch["labels"].to(device)
+        ).loss.item()
     return padded_loss, flat_loss, mixed_loss, rows
 
 
 @pytest.mark.parametrize("batching", ["padding_free", "packing"])
 def test_padding_free_and_packed_batches_keep_examples_apart_so_the_loss_is_the_padded_one(
-        tmp_path, base_model_dir, batching):
+    tmp_path, base_model_dir, batching
+):
     padded, flat, mixed, rows = padded_flat_and_mixed_losses(tmp_path, batching)
-    if batching == "packing":   # several whole examples per row, none of them cut
+    if batching == "packing":  # several whole examples per row, none of them cut
         assert len(rows) < 8 and sum(len(row["seq_lengths"]) for row in rows) == 8
     assert flat == pytest.approx(padded, rel=1e-4)
     # The loss this test would catch if the examples saw each other:
@@ -92,15 +112,15 @@ def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path,
 
 def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_varlen_kernel(monkeypatch):
     unsloth = BackendChoice("unsloth", "cuda:0", "bfloat16", "lora")
-    packed = TrainConfig(packing=True)                       # the course: 8 x 256 tokens per batch
-    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: False)     # torch 2.11, as on the GPU machine
+    packed = TrainConfig(packing=True)  # the course: 8 x 256 tokens per batch
+    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: False)  # torch 2.11, as on the GPU machine
     assert use_dense_packed_mask(packed, unsloth)
-    assert not use_dense_packed_mask(packed.replace(packing=False), unsloth)          # padded: no packed rows
+    assert not use_dense_packed_mask(packed.replace(packing=False), unsloth)  # padded: no packed rows
     # padding-free alone keeps long examples whole: a batch's tokens have no bound, so neither would the mask
     assert not use_dense_packed_mask(packed.replace(packing=False, padding_free=True), unsloth)
-    assert not use_dense_packed_mask(packed.replace(max_seq_length=2048), unsloth)    # 16k tokens: mask too big
+    assert not use_dense_packed_mask(packed.replace(max_seq_length=2048), unsloth)  # 16k tokens: mask too big
     assert not use_dense_packed_mask(packed, BackendChoice("transformers", "cuda:0", "bfloat16", "lora"))
-    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: True)      # Unsloth's varlen path is better there
+    monkeypatch.setattr(models, "torch_varlen_has_gqa", lambda: True)  # Unsloth's varlen path is better there
     assert not use_dense_packed_mask(packed, unsloth)
 
 
@@ -135,13 +155,15 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
     assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
     first_leg = json.loads((tmp_path / "cut.resume" / "train_seconds.json").read_text())["train_seconds"]
     # settings that change the model or the optimizer are refused, with the differences listed; nothing trains
-    for change, named in [(dict(learning_rate=0.01), "learning_rate 0.001 (interrupted run) vs 0.01 (now)"),
-                          (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)")]:
+    for change, named in [
+        (dict(learning_rate=0.01), "learning_rate 0.001 (interrupted run) vs 0.01 (now)"),
+        (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(named) + ".*pass --overwrite"):
             run_lab(cfg.replace(**change), resume=True, max_new_tokens=16)
-    resumed = run_lab(cfg.replace(save_steps=50), resume=True, max_new_tokens=16)   # a safe change is allowed
+    resumed = run_lab(cfg.replace(save_steps=50), resume=True, max_new_tokens=16)  # a safe change is allowed
     assert resumed.result.steps == 6
-    assert resumed.result.seconds > first_leg        # the summary's time covers both legs
+    assert resumed.result.seconds > first_leg  # the summary's time covers both legs
     assert json.loads((tmp_path / "cut" / "run_config.json").read_text())["learning_rate"] == cfg.learning_rate
     history = json.loads((tmp_path / "cut" / "loss_history.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
@@ -162,9 +184,12 @@ def test_too_long_examples_are_counted_and_reported_as_truncated(tmp_path, base_
 def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_model_dir):
     from finetune_lab.checkpoints import load_checkpoint
     from finetune_lab.generation import generate
+
     lab = run_lab(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2), max_new_tokens=16)
     assert lab.result.trainable_params == lab.result.total_params
-    assert (tmp_path / "full" / "model.safetensors").exists() and not (tmp_path / "full" / "adapter_config.json").exists()
+    assert (tmp_path / "full" / "model.safetensors").exists() and not (
+        tmp_path / "full" / "adapter_config.json"
+    ).exists()
     model, tokenizer, run_config = load_checkpoint(tmp_path / "full", device="cpu")
     assert run_config["method"] == "full"
     assert generate(model, tokenizer, lab.prompts, max_new_tokens=16) == lab.after

@@ -1,9 +1,10 @@
 """labs/unsloth_finetune end to end: the CLI trains the embedded model on the course data and it learns."""
+
 import json
 
 import pytest
-
 from conftest import REPO, run_cli, write_jsonl
+
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
@@ -12,8 +13,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_run_folder_holds_everything_the_lab_promises(trained_run):
-    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "run_config.json",
-                 "loss_history.json", "loss_curve.png", "samples.json", "summary.json"):
+    for name in (
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "run_config.json",
+        "loss_history.json",
+        "loss_curve.png",
+        "samples.json",
+        "summary.json",
+    ):
         assert (trained_run / name).stat().st_size > 0, name
     assert not trained_run.with_name(trained_run.name + ".resume").exists()
     stdout = (trained_run / "cli_stdout.txt").read_text()
@@ -26,7 +35,7 @@ def test_the_model_learned_the_course_data(trained_run):
     losses = [h["loss"] for h in json.loads((trained_run / "loss_history.json").read_text())]
     assert len(losses) == 16 and losses[-1] < 0.35 * losses[0]
     samples = json.loads((trained_run / "samples.json").read_text())
-    trained = samples[:3]                                # the first three are training prompts
+    trained = samples[:3]  # the first three are training prompts
     assert sum(bool(same_program(s["after"], s["reference"])) for s in trained) >= 2
     assert not any(same_program(s["before"], s["reference"]) for s in trained)
 
@@ -40,8 +49,11 @@ def test_reloading_the_run_folder_alone_gives_token_identical_answers(trained_ru
 
 
 def test_a_bad_dataset_stops_the_cli_before_any_model_loads_and_writes_nothing(tmp_path):
-    bad = write_jsonl(tmp_path / "bad.jsonl", ['{"instruction": "Water bed 2", "output": "garden.water(2, 3)"}',
-                                               '{"instruction": "cut off'], raw=True)
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl",
+        ['{"instruction": "Water bed 2", "output": "garden.water(2, 3)"}', '{"instruction": "cut off'],
+        raw=True,
+    )
     done = run_cli("--data", str(bad), "--output_dir", str(tmp_path / "out"), timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {bad}, line 2: the line is not valid JSON")
@@ -50,8 +62,9 @@ def test_a_bad_dataset_stops_the_cli_before_any_model_loads_and_writes_nothing(t
 
 def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
     before = (trained_run / "adapter_model.safetensors").read_bytes()
-    done = run_cli("--test_mode", "--output_dir", str(trained_run.parent), "--run_name", trained_run.name,
-                   cwd=REPO, timeout=120)
+    done = run_cli(
+        "--test_mode", "--output_dir", str(trained_run.parent), "--run_name", trained_run.name, cwd=REPO, timeout=120
+    )
     assert done.returncode == 2 and "already holds a finished run; pass --overwrite" in done.stderr
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
 
@@ -61,10 +74,27 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     import os
     import subprocess
     import sys
+
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
-                           "--test_mode", "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "ddp"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    done = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+            "--test_mode",
+            "--max_steps",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "rank 0 of 2" in out and "rank 1 of 2" in out
@@ -79,23 +109,38 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
 
 # ---------------------------------------------------------------- nothing a student made is lost
 
+
 def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_finishes(tmp_path):
     import os
     import subprocess
     import sys
     import time
-    first = subprocess.Popen([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"), "--test_mode",
-                              "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "same"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+            "--test_mode",
+            "--max_steps",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+            "--run_name",
+            "same",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         lock = tmp_path / "same.lock"
         for _ in range(600):
             if lock.exists():
                 break
             time.sleep(0.1)
-        second = run_cli("--test_mode", "--output_dir", str(tmp_path), "--run_name", "same", "--overwrite",
-                         timeout=120)
+        second = run_cli("--test_mode", "--output_dir", str(tmp_path), "--run_name", "same", "--overwrite", timeout=120)
         assert second.returncode == 2
         assert f"another process (pid {first.pid}) is training this run right now" in second.stderr
         assert "backend=" not in second.stdout
@@ -104,7 +149,7 @@ def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_f
         first.kill()
     assert first.returncode == 0, err[-2000:]
     assert json.loads((tmp_path / "same" / "summary.json").read_text())["steps"] == 4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]          # no lock, no .resume left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no lock, no .resume left
 
 
 def test_ctrl_c_before_training_exits_cleanly_and_says_nothing_was_kept(tmp_path):
@@ -112,13 +157,26 @@ def test_ctrl_c_before_training_exits_cleanly_and_says_nothing_was_kept(tmp_path
     import signal
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, str(REPO / "labs/unsloth_finetune/train_tiny_model.py"), "--test_mode",
-                             "--output_dir", str(tmp_path / "out"), "--run_name", "c"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
+            "--test_mode",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--run_name",
+            "c",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         for line in proc.stdout:
-            if line.startswith("[finetune_lab] backend="):       # the model is loading now
+            if line.startswith("[finetune_lab] backend="):  # the model is loading now
                 proc.send_signal(signal.SIGINT)
                 break
         _, err = proc.communicate(timeout=120)
@@ -137,41 +195,73 @@ def test_overwrite_on_a_folder_that_is_not_a_run_stops_before_any_model_loads(tm
     assert (tmp_path / "mydata" / "train.jsonl").read_text() == "{}\n"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--target_modules", "q_proj", "qkv_proj"],
-     "error: target_modules qkv_proj: smollm2-135m has no linear layer of that name; its linear layers are "
-     "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"),
-    (["--data", "MARKED"], 'line 2: the answer contains "<|im_end|>", which smollm2-135m reads as a control marker'),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--target_modules", "q_proj", "qkv_proj"],
+            "error: target_modules qkv_proj: smollm2-135m has no linear layer of that name; its linear layers are "
+            "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
+        ),
+        (
+            ["--data", "MARKED"],
+            'line 2: the answer contains "<|im_end|>", which smollm2-135m reads as a control marker',
+        ),
+    ],
+)
 def test_wrong_target_modules_and_chat_markers_in_the_data_stop_before_training(tmp_path, args, message):
-    marked = write_jsonl(tmp_path / "marked.jsonl", [
-        {"instruction": "Water bed 2.", "output": "garden.water(bed=2, liters=3)"},
-        {"instruction": "Water bed 3.", "output": "garden.water(bed=3, liters=3)<|im_end|>"}])
+    marked = write_jsonl(
+        tmp_path / "marked.jsonl",
+        [
+            {"instruction": "Water bed 2.", "output": "garden.water(bed=2, liters=3)"},
+            {"instruction": "Water bed 3.", "output": "garden.water(bed=3, liters=3)<|im_end|>"},
+        ],
+    )
     args = [str(marked) if a == "MARKED" else a for a in args]
     done = run_cli("--test_mode", *args, "--output_dir", str(tmp_path / "out"), timeout=300)
-    last = done.stderr.strip().splitlines()[-1]       # after the model's loading bar, one line says it all
+    last = done.stderr.strip().splitlines()[-1]  # after the model's loading bar, one line says it all
     assert done.returncode == 2 and last.startswith("error: ") and message in last
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
 def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path):
-    done = run_cli("--test_mode", "--batch_size", "1000", "--max_steps", "1", "--output_dir", str(tmp_path),
-                   "--run_name", "big", timeout=300)
+    done = run_cli(
+        "--test_mode",
+        "--batch_size",
+        "1000",
+        "--max_steps",
+        "1",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        "big",
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "batch_size 1000 x 1 process(es) is more than the 16 examples" in done.stdout
     assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 16
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["--epochs", "1.5"], dict(epochs=1.5)),                                  # a float flag takes a fraction
-    (["--test_mode", "--max_seq_length", "256", "--batch_size", "8"],          # flags beside --test_mode win,
-     dict(max_seq_length=256, batch_size=8, max_steps=16)),                    # even when equal to the defaults
-    (["--test_mode"], dict(max_seq_length=128, batch_size=4, max_steps=16)),
-    (["--target_modules", "q_proj", "v_proj", "--no-wandb"], dict(target_modules=("q_proj", "v_proj"), wandb=False)),
-])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--epochs", "1.5"], dict(epochs=1.5)),  # a float flag takes a fraction
+        (
+            ["--test_mode", "--max_seq_length", "256", "--batch_size", "8"],  # flags beside --test_mode win,
+            dict(max_seq_length=256, batch_size=8, max_steps=16),
+        ),  # even when equal to the defaults
+        (["--test_mode"], dict(max_seq_length=128, batch_size=4, max_steps=16)),
+        (
+            ["--target_modules", "q_proj", "v_proj", "--no-wandb"],
+            dict(target_modules=("q_proj", "v_proj"), wandb=False),
+        ),
+    ],
+)
 def test_cli_flags_come_from_the_config_with_their_types(argv, expected):
     import sys
+
     sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
     import train_tiny_model
+
     cfg = train_tiny_model.config_from_args(train_tiny_model.build_parser().parse_args(argv))
     assert {k: getattr(cfg, k) for k in expected} == expected

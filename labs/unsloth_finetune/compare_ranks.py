@@ -3,13 +3,14 @@
 
 Who it is for: students doing the bonus exercise; instructors preparing the comparison slide.
 How to run (from the repository root):
-    python labs/unsloth_finetune/compare_ranks.py                 # both ranks on the full course data (~6 min on 2 CPU cores)
+    python labs/unsloth_finetune/compare_ranks.py               # both ranks, full course data (~6 min on 2 CPU cores)
     python labs/unsloth_finetune/compare_ranks.py --test_mode     # 16 examples, 16 steps each, 4 eval prompts
     python labs/unsloth_finetune/compare_ranks.py --ranks 8 16 32 --overwrite
 Trains one run per rank with the same seed and data (alpha = 2 x rank), overlays the loss curves and
 prints a table of training time, trainable parameters, final loss and evaluation scores; both are saved
 as checkpoints/<run_name>-ranks.csv / .png next to the runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,12 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace earlier runs of the same names")
     args = parser.parse_args(argv)
     from finetune_lab.comparisons import compare_ranks
+
     common = dict(model=args.model, data=args.data, output_dir=args.output_dir, run_name=args.run_name)
     try:
         cfg = quick_config(**common) if args.test_mode else TrainConfig(**common)
-        table, _ = compare_ranks(cfg, args.ranks, overwrite=args.overwrite,
-                                 eval_data={"trained": args.data, "held-out": args.heldout},
-                                 eval_limit=4 if args.test_mode else 0)
+        table, _ = compare_ranks(
+            cfg,
+            args.ranks,
+            overwrite=args.overwrite,
+            eval_data={"trained": args.data, "held-out": args.heldout},
+            eval_limit=4 if args.test_mode else 0,
+        )
     except (ConfigError, DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ fine-tuned model, scores the answers as code or prose (modules/05: accuracy, abs
 match, token F1, ROUGE-L, parses) and writes <run>/eval/: per_example.csv/.json (the column "hallucinated" holds
 the invented calls or specifics), summary.json and scores.png. A rate that does not apply prints n/a.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,44 +28,61 @@ from finetune_lab.evaluation import DEFAULT_API, evaluate_checkpoint  # noqa: E4
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("run_dir", help="a finished run folder, e.g. checkpoints/smollm2-lora-r16")
     parser.add_argument("--train", help="your training file (e.g. your Module 03 dataset); replaces --data")
-    parser.add_argument("--heldout", help="your held-out file; without it, 20%% of --train is split off "
-                                          "deterministically and scored as held out")
-    parser.add_argument("--data", nargs="+", default=["trained=data/course_train.jsonl",
-                                                      "held-out=data/course_heldout.jsonl"],
-                        help="NAME=FILE pairs to evaluate on")
+    parser.add_argument(
+        "--heldout",
+        help="your held-out file; without it, 20%% of --train is split off deterministically and scored as held out",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=["trained=data/course_train.jsonl", "held-out=data/course_heldout.jsonl"],
+        help="NAME=FILE pairs to evaluate on",
+    )
     parser.add_argument("--api", default=str(DEFAULT_API), help="the course library's API stub (.pyi)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples of each file only (0: all)")
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--no_base", action="store_true", help="skip the base model (adapter off)")
-    parser.add_argument("--wandb", action="store_true",
-                        help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)")
+    parser.add_argument(
+        "--wandb", action="store_true", help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)"
+    )
     args = parser.parse_args(argv)
     split_off = 0.0
     if args.train:
         data = {"trained": args.train, **({"held-out": args.heldout} if args.heldout else {})}
         if not args.heldout:
             split_off = 0.2
-            print(f"no --heldout file: 20% of {args.train} is split off (the same examples every time) and scored "
-                  "as held out; they are truly held out only if the run was trained without them")
+            print(
+                f"no --heldout file: 20% of {args.train} is split off (the same examples every time) and scored "
+                "as held out; they are truly held out only if the run was trained without them"
+            )
     else:
         try:
             data = dict(item.split("=", 1) for item in args.data)
         except ValueError:
             parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
     try:
-        _, summary = evaluate_checkpoint(args.run_dir, data, args.api, compare_base=not args.no_base,
-                                         limit=args.limit, max_new_tokens=args.max_new_tokens, wandb=args.wandb,
-                                         split_off=split_off)
+        _, summary = evaluate_checkpoint(
+            args.run_dir,
+            data,
+            args.api,
+            compare_base=not args.no_base,
+            limit=args.limit,
+            max_new_tokens=args.max_new_tokens,
+            wandb=args.wandb,
+            split_off=split_off,
+        )
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; the evaluation writes its files at the end, so nothing of it was written",
-              file=sys.stderr)
+        print(
+            "\ninterrupted; the evaluation writes its files at the end, so nothing of it was written", file=sys.stderr
+        )
         return 130
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
     print(f"\nwritten: {Path(args.run_dir) / 'eval'}/per_example.csv, summary.json, scores.png")

@@ -3,7 +3,7 @@
 
 Who it is for: students who prefer a terminal to a notebook, instructors and CI.
 How to run (from the repository root, after `make setup` or `pip install -e .`):
-    python labs/unsloth_finetune/train_tiny_model.py                       # the default lab: SmolLM2-135M, LoRA r=16, CPU ok
+    python labs/unsloth_finetune/train_tiny_model.py                     # the default lab: SmolLM2-135M, LoRA r=16
     python labs/unsloth_finetune/train_tiny_model.py --test_mode           # a 16-step smoke run (~1 min on 2 cores)
     python labs/unsloth_finetune/train_tiny_model.py --rank 32 --run_name smollm2-lora-r32
     python labs/unsloth_finetune/train_tiny_model.py --model tinyllama-1.1b-chat --method qlora   # GPU + hub
@@ -12,6 +12,7 @@ How to run (from the repository root, after `make setup` or `pip install -e .`):
 It prints the backend, device and method it chose, trains with a progress bar, saves
 checkpoints/<run_name>/ and ends with a summary (time, steps, losses, before/after answers).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **common)
         else:
             parser.add_argument(f"--{f.name}", type=FLAG_TYPES[f.type], **common)
-    parser.add_argument("--heldout", default="data/course_heldout.jsonl",
-                        help="held-out JSONL for one of the test prompts ('' for none)")
-    parser.add_argument("--test_mode", action="store_true",
-                        help="tiny run: 16 examples, 16 steps, short sequences (tests and smoke checks); flags "
-                             "given beside it win")
+    parser.add_argument(
+        "--heldout",
+        default="data/course_heldout.jsonl",
+        help="held-out JSONL for one of the test prompts ('' for none)",
+    )
+    parser.add_argument(
+        "--test_mode",
+        action="store_true",
+        help="tiny run: 16 examples, 16 steps, short sequences (tests and smoke checks); flags given beside it win",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     return parser
@@ -64,12 +70,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def interrupted_message(cfg: TrainConfig) -> str:
     """What Ctrl-C outside the training loop left behind, and how to go on."""
     from finetune_lab.checkpoints import RunPaths, is_finished_run
+
     paths = RunPaths.of(cfg.output_dir, cfg.run_name)
     if is_finished_run(paths.run):
         return f"interrupted; the run is saved in {paths.run}"
     if paths.latest_resume_checkpoint() is not None:
-        return (f"interrupted; {paths.latest_resume_checkpoint()} holds a resumable checkpoint: run the same "
-                "command with --resume to continue")
+        return (
+            f"interrupted; {paths.latest_resume_checkpoint()} holds a resumable checkpoint: run the same "
+            "command with --resume to continue"
+        )
     return "interrupted before any checkpoint was saved; nothing of this run was kept. Run the command again"
 
 
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         from finetune_lab.training import TrainingInterrupted, run_lab
+
         try:
             lab = run_lab(cfg, overwrite=args.overwrite, resume=args.resume, heldout_path=args.heldout or None)
         except TrainingInterrupted as stop:
@@ -91,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{interrupted_message(cfg) if cfg else 'interrupted'}", file=sys.stderr)
         return 130
     from finetune_lab.models import is_main_process
+
     if is_main_process():
         lab.print_summary()
     import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()   # under accelerate launch: NCCL warns of leaked resources on exit otherwise
+        dist.destroy_process_group()  # under accelerate launch: NCCL warns of leaked resources on exit otherwise
     return 0
 
 

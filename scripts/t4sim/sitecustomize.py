@@ -9,6 +9,7 @@ bitsandbytes): those must build for the real card. torch.cuda.is_bf16_supported(
 real T4 (emulated bf16), which is exactly the trap the lab's dtype decision has to avoid.
 Speed and memory stay the real card's: this checks decisions, not performance.
 """
+
 import sys
 
 import torch
