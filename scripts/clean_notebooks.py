@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Apply the repository's notebook outputs policy (tests/test_notebooks.py enforces it).
+"""Apply the repository's notebook outputs policy (tests/labs/test_notebooks.py enforces it).
 
 Policy: outputs are committed only for cells marked `# NBVAL_CHECK_OUTPUT` (deterministic output that nbval
 compares in CI); every other cell is committed without outputs or execution count, so

@@ -9,7 +9,7 @@
 #     T4=1 bash scripts/gpu_verify.sh OUT     # the same, with the card looking like Colab's T4 (fp16 only;
 #                                             # scripts/t4sim), as a Colab user's runs would go
 # 0. the preflight (python -m finetune_lab.doctor): versions, card, native bf16, dtype, memory estimate
-# 1. tests/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
+# 1. tests/labs/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
 # 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
 set -uo pipefail
@@ -33,7 +33,7 @@ python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_e
 stages=" ${STAGES:-doctor tests notebooks presets} "
 status=0
 [[ $stages == *" doctor "* ]] && python3 -m finetune_lab.doctor 2>&1 | tee "$out/doctor.txt"
-[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/test_gpu.py 2>&1 \
+[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/labs/test_gpu.py 2>&1 \
   | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
   FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1

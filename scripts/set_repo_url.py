@@ -5,7 +5,7 @@ Who it is for: instructors publishing the course under their own GitHub owner.
 How to run, from the repository root:
     python scripts/set_repo_url.py https://github.com/OWNER/NAME
 It rewrites pyproject.toml's [project.urls] Repository (the single source) and every occurrence of the old
-URL and owner/name in README.md, modules/ and the notebooks; tests/test_notebooks.py checks they agree.
+URL and owner/name in README.md, modules/ and the notebooks; tests/labs/test_notebooks.py checks they agree.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from finetune_lab.config import quick_config
 from finetune_lab.training import run_lab

@@ -5,7 +5,7 @@ import subprocess
 
 import nbformat
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from finetune_lab.install_gpu import NO_DEPS, WITH_DEPS, install_commands
 

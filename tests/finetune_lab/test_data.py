@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import REPO, write_jsonl
+from helpers import REPO, write_jsonl
 
 from finetune_lab import training
 from finetune_lab.config import TrainConfig

@@ -4,7 +4,7 @@ chosen model and method will not fit."""
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 from finetune_lab.config import TrainConfig
 from finetune_lab.doctor import Preflight

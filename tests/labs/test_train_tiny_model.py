@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import REPO, run_cli, write_jsonl
+from helpers import REPO, run_cli, write_jsonl
 
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program

@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import LAB, REPO
+from helpers import LAB, REPO
 
 from finetune_lab.evaluation import (
     aggregate,

@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from transformers import TrainerCallback
 
 import finetune_lab.models as models

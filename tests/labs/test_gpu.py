@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
@@ -90,7 +90,7 @@ PACKED_ATTENTION = {"per example": "1", "one dense block mask": "0"}
 LOSSES_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-sys.path.insert(0, "tests")
+sys.path[:0] = ["tests", "tests/finetune_lab"]
 from test_training import padded_flat_and_mixed_losses
 padded, flat, mixed, _ = padded_flat_and_mixed_losses(Path(sys.argv[1]), sys.argv[2], backend="unsloth",
                                                       model=sys.argv[3])

@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from finetune_lab.checkpoints import CheckpointError, clean_stale_staging, export_merged, load_checkpoint
 from finetune_lab.generation import generate

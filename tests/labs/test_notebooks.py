@@ -8,7 +8,7 @@ import re
 import nbformat
 import pytest
 import tomllib
-from conftest import REPO
+from helpers import REPO
 
 NOTEBOOKS = sorted((REPO / "labs").rglob("*.ipynb"))
 MARKER = "# NBVAL_CHECK_OUTPUT"

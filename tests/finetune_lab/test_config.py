@@ -1,7 +1,7 @@
 """Bad configuration: each a one-line error before any heavy work (no model load, no folder written)."""
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from finetune_lab.checkpoints import prepare_run
 from finetune_lab.config import ConfigError, TrainConfig

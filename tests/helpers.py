@@ -1,0 +1,36 @@
+"""Helpers the tests share: the repository's paths, a JSONL writer and the CLI in its own process.
+
+Nothing here is mocked: run_cli runs the lab's own script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAB = REPO / "labs" / "unsloth_finetune"
+
+
+def write_jsonl(path: Path, rows, raw: bool = False) -> Path:
+    """rows: dicts (dumped as JSON) or, with raw=True, literal lines."""
+    lines = rows if raw else [json.dumps(r, ensure_ascii=False) for r in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The CLI in its own process; one that runs past `timeout` comes back with exit code 124 and what it printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(LAB / "train_tiny_model.py"), *args]
+    try:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as late:
+
+        def text(out):
+            return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+
+        return subprocess.CompletedProcess(command, 124, text(late.stdout), text(late.stderr))
