@@ -28,9 +28,10 @@ SEEDS = (42, 7, 1234)
 # name -> the settings that differ from TrainConfig's defaults (epochs 8, lr 1e-3 linear, r16/alpha32, batch 8)
 RECIPES = {
     "default": {},
-    "4 epochs, lr 2e-3": dict(epochs=4, learning_rate=2e-3),
     "3 epochs, lr 2e-3": dict(epochs=3, learning_rate=2e-3),
     "3 epochs, lr 3e-3": dict(epochs=3, learning_rate=3e-3),
+    "4 epochs, lr 2e-3": dict(epochs=4, learning_rate=2e-3),
+    "batch 4, 3 epochs, lr 2e-3": dict(batch_size=4, epochs=3, learning_rate=2e-3),
 }
 
 
