@@ -133,8 +133,14 @@ def uninterrupted(tmp_path_factory, base_model_dir):
 # The loss history of short_config's run (8 course examples, 6 steps, seed 42) with torch 2.13.0 CPU,
 # transformers 5.17.0, TRL 1.14.2, PEFT 0.18.1 (requirements.txt). A change here means the training itself changed
 # (masking, data order, optimizer, defaults): find out why before updating it.
-PINNED_LOSSES = [1.880022644996643, 1.92225980758667, 1.3809984922409058, 0.5992199778556824, 0.5054122805595398,
-                 0.299762487411499]
+PINNED_LOSSES = [
+    1.880022644996643,
+    1.92225980758667,
+    1.3809984922409058,
+    0.5992199778556824,
+    0.5054122805595398,
+    0.299762487411499,
+]
 
 
 def test_the_loss_history_of_a_short_cpu_run_is_pinned(uninterrupted):
