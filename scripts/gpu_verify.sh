@@ -29,7 +29,7 @@ import torch, transformers, trl, peft, unsloth, bitsandbytes
 print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | transformers {transformers.__version__} | "
       f"trl {trl.__version__} | peft {peft.__version__} | unsloth {unsloth.__version__} | bnb {bitsandbytes.__version__}")
 PY
-python3 -c "from finetune_lab.models import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
+python3 -c "from finetune_lab.embedded import ensure_embedded_base; print(ensure_embedded_base())" || exit 1
 stages=" ${STAGES:-doctor tests notebooks presets} "
 status=0
 [[ $stages == *" doctor "* ]] && python3 -m finetune_lab.doctor 2>&1 | tee "$out/doctor.txt"

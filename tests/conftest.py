@@ -18,7 +18,7 @@ from helpers import run_cli  # noqa: E402
 
 @pytest.fixture(scope="session")
 def base_model_dir() -> Path:
-    from finetune_lab.models import ensure_embedded_base
+    from finetune_lab.embedded import ensure_embedded_base
 
     return ensure_embedded_base()
 

@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 import finetune_lab.models as models
 from finetune_lab.config import ConfigError, TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
-from finetune_lab.models import CHATML_END, BackendChoice, load_for_training, use_dense_packed_mask
+from finetune_lab.embedded import CHATML_END
+from finetune_lab.models import BackendChoice, load_for_training, use_dense_packed_mask
 from finetune_lab.training import TrainingInterrupted, build_trainer, make_sft_config, run_lab
 
 pytestmark = pytest.mark.slow

