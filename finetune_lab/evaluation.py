@@ -297,7 +297,9 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "per_example.csv", index=False)
     (out / "per_example.json").write_text(table.to_json(orient="records", indent=1))
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(orient="records"), indent=1))
+    # n/a is null in JSON (json.dumps would write NaN, which is not JSON)
+    records = summary.astype(object).where(summary.notna(), None).to_dict(orient="records")
+    (out / "summary.json").write_text(json.dumps(records, indent=1))
     bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
     metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
     plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")

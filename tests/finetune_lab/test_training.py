@@ -211,3 +211,10 @@ def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_mo
     model, tokenizer, run_config = load_checkpoint(tmp_path / "full", device="cpu")
     assert run_config["method"] == "full"
     assert generate(model, tokenizer, lab.prompts, max_new_tokens=16) == lab.after
+
+
+def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path, base_model_dir):
+    lab = run_lab(short_config(tmp_path, "big", batch_size=1000, max_steps=1), max_new_tokens=4)
+    assert lab.result.effective_batch_size == 8  # short_config trains on 8 examples
+    assert "batch_size 1000 x 1 process(es) is more than the 8 examples" in " ".join(lab.warnings)
+    assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 8

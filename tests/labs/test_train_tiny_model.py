@@ -224,24 +224,6 @@ def test_wrong_target_modules_and_chat_markers_in_the_data_stop_before_training(
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
 
 
-def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path):
-    done = run_cli(
-        "--test_mode",
-        "--batch_size",
-        "1000",
-        "--max_steps",
-        "1",
-        "--output_dir",
-        str(tmp_path),
-        "--run_name",
-        "big",
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "batch_size 1000 x 1 process(es) is more than the 16 examples" in done.stdout
-    assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 16
-
-
 @pytest.mark.parametrize(
     "argv,expected",
     [
