@@ -22,12 +22,25 @@ def write_jsonl(path: Path, rows, raw: bool = False) -> Path:
     return path
 
 
+CLI = [sys.executable, str(LAB / "train_tiny_model.py")]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """The CLI started in its own process, its output piped, for tests that act while it runs."""
+    return subprocess.Popen(
+        [*CLI, *args], cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.CompletedProcess:
     """The CLI in its own process; one that runs past `timeout` comes back with exit code 124 and what it printed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(LAB / "train_tiny_model.py"), *args]
+    command = [*CLI, *args]
     try:
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as late:
 
         def text(out):

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import REPO, run_cli, write_jsonl
+from helpers import REPO, run_cli, start_cli, write_jsonl
 
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
@@ -111,29 +111,9 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
 
 
 def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_finishes(tmp_path):
-    import os
-    import subprocess
-    import sys
     import time
 
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
-            "--test_mode",
-            "--max_steps",
-            "4",
-            "--output_dir",
-            str(tmp_path),
-            "--run_name",
-            "same",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    first = start_cli("--test_mode", "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "same")
     try:
         lock = tmp_path / "same.lock"
         for _ in range(600):
@@ -153,27 +133,9 @@ def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_f
 
 
 def test_ctrl_c_before_training_exits_cleanly_and_says_nothing_was_kept(tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "labs/unsloth_finetune/train_tiny_model.py"),
-            "--test_mode",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--run_name",
-            "c",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = start_cli("--test_mode", "--output_dir", str(tmp_path / "out"), "--run_name", "c")
     try:
         for line in proc.stdout:
             if line.startswith("[finetune_lab] backend="):  # the model is loading now
