@@ -6,12 +6,15 @@ Who it is for: maintainers filling in Module 04's memory table and checking the 
 CUDA GPU and the GPU stack; the hub is not needed. How to run, from the repository root:
     python bench/course_precision.py build DIR                 # TinyLlama shape, random weights, SmolLM2 tokenizer
     python bench/course_precision.py run DIR OUT.jsonl         # 4 cases, interleaved (a, b, b, a)
-    python bench/course_precision.py table OUT.jsonl           # the markdown table
+    python bench/course_precision.py table OUT.jsonl           # the markdown table (no GPU needed)
+    python bench/course_precision.py table bench/results/course-precision-h200-2026-11-29.jsonl   # the published one
 The model has TinyLlama-1.1B-Chat's layers with random weights (speed and memory do not depend on the values) and
 the embedded SmolLM2's tokenizer, so the course examples have realistic token counts; its vocabulary is therefore
 49,152 (TinyLlama: 32,000), 35M more embedding parameters. Each case is the CLI's default course run (Unsloth,
 50 examples, 8 epochs, batch 8, r=16), fp16 cases under scripts/t4sim (the card reports a T4's compute
-capability, so the lab picks fp16 as on Colab). Speed is the real card's, not a T4's.
+capability, so the lab picks fp16 as on Colab). Speed is the real card's, not a T4's. Every case runs with
+UNSLOTH_COMPILE_DISABLE=1: under the simulation Unsloth would compile kernels for a T4 that the real card cannot run
+(scripts/gpu_verify.sh), and fp16 and bf16 must be compared on the same footing.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ sys.path.insert(0, str(REPO))
 CASES = [("lora", "bfloat16"), ("lora", "float16"), ("qlora", "float16"), ("qlora", "bfloat16")]
 
 
-def build(out: Path) -> None:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def course_model_config():
+    """TinyLlama-1.1B's layers with the embedded SmolLM2's tokenizer, and that tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer
 
     from finetune_lab.embedded import ensure_embedded_base
     from finetune_lab.shapes import PRESET_SHAPES
@@ -42,27 +45,49 @@ def build(out: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return AutoConfig.for_model(values.pop("model_type"), **values), tokenizer
+
+
+def build(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config, tokenizer = course_model_config()
     torch.manual_seed(0)
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
     AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
-def estimate_mb(model_dir: Path, method: str, dtype: str) -> float:
-    from transformers import AutoConfig
-
+def estimate_mb(config, method: str, dtype: str, tokens_per_row: int | None = None) -> float:
+    """The preflight's estimate (every row max_seq_length tokens long), or the same arithmetic at a given length."""
     from finetune_lab.config import TrainConfig
     from finetune_lab.memory import estimate, shape_of
 
     cfg = TrainConfig()
-    shape = shape_of(AutoConfig.from_pretrained(model_dir), cfg.target_modules)
-    return estimate(shape, method, dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, True).total_mb
+    shape = shape_of(config, cfg.target_modules)
+    length = tokens_per_row or cfg.max_seq_length
+    return estimate(shape, method, dtype, cfg.rank, cfg.batch_size, length, True).total_mb
+
+
+def longest_course_row(tokenizer) -> int:
+    """Tokens in the longest training row: the collator pads each batch to its longest row, not to max_seq_length."""
+    from finetune_lab.config import TrainConfig
+    from finetune_lab.data import load_jsonl
+
+    rows = load_jsonl(REPO / TrainConfig().data).trl_rows()
+    return max(
+        len(tokenizer(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=False))["input_ids"])
+        for r in rows
+    )
 
 
 def run(model_dir: Path, results: Path) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
     for method, dtype in CASES:
         name = f"{method}-{dtype}"
-        env = dict(os.environ)
+        env = {**os.environ, "UNSLOTH_COMPILE_DISABLE": "1"}
         if dtype == "float16":
             env["PYTHONPATH"] = f"{REPO / 'scripts' / 't4sim'}:{env.get('PYTHONPATH', '')}"
         done = subprocess.run(
@@ -101,7 +126,7 @@ def run(model_dir: Path, results: Path) -> None:
                 peak_mb=s["peak_memory_mb"],
                 first_loss=s["first_loss"],
                 last_loss=s["last_loss"],
-                estimate_mb=round(estimate_mb(model_dir, method, dtype)),
+                estimate_mb=round(estimate_mb(config, method, dtype)),
             )
         print(json.dumps(row), flush=True)
         with results.open("a") as f:
@@ -109,20 +134,25 @@ def run(model_dir: Path, results: Path) -> None:
 
 
 def table(results: Path) -> str:
+    """Needs no GPU: the estimate at the longest row is recomputed here from the same arithmetic."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    config, tokenizer = course_model_config()
+    longest = longest_course_row(tokenizer)
     out = [
-        "| method | dtype (as chosen) | steps | training s | ms/step | peak GiB measured | preflight estimate GiB "
-        "| estimate / measured |",
+        f"| method | dtype (as chosen) | steps | training s | ms/step | peak GiB measured | preflight estimate GiB "
+        f"(rows of max_seq_length) | estimate at the longest row ({longest} tokens) GiB |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if r["rc"]:
             out.append(f"| {r['method']} | {r['dtype']} | failed (rc {r['rc']}) | | | | | |")
             continue
+        at_longest = estimate_mb(config, r["method"], r["chosen_dtype"], longest)
         out.append(
             f"| {r['method']} | {r['chosen_dtype']} ({r['device'].split(' (', 1)[-1][:-1]}) | {r['steps']} | "
-            f"{r['train_seconds']} | {r['step_ms']} | {r['peak_mb'] / 1024:.2f} | {r['estimate_mb'] / 1024:.2f} | "
-            f"{r['estimate_mb'] / r['peak_mb']:.2f}x |"
+            f"{r['train_seconds']} | {r['step_ms']} | {r['peak_mb'] / 1024:.2f} | "
+            f"{r['estimate_mb'] / 1024:.2f} ({r['estimate_mb'] / r['peak_mb']:.2f}x) | "
+            f"{at_longest / 1024:.2f} ({at_longest / r['peak_mb']:.2f}x) |"
         )
     return "\n".join(out)
 

@@ -194,13 +194,30 @@ def build_trainer(
     from datasets import Dataset as HFDataset
 
     rows = HFDataset.from_list(dataset.trl_rows()) if isinstance(dataset, Dataset) else dataset
-    return _trainer_class()(
+    trainer = _trainer_class()(
         model=model,
         args=sft_config or make_sft_config(cfg, choice, output_dir),
         train_dataset=rows,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    keep_fp16_master_weights(trainer)
+    return trainer
+
+
+def keep_fp16_master_weights(trainer) -> None:
+    """fp16 training scales the loss, and its scaler only unscales fp32 gradients; TRL casts a quantized model's
+    trainable adapters to bf16 (sft_trainer.py, after the QLoRA paper), so a QLoRA run on a T4 stopped at its first
+    step with `"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'` (seen through
+    transformers + PEFT under scripts/t4sim, 2026-11-29). Unsloth's patched trainer keeps fp32 there for the same
+    reason; this does it for the transformers backend."""
+    import torch
+
+    if not trainer.args.fp16:
+        return
+    for param in trainer.model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.to(torch.float32)
 
 
 def effective_batch_size(cfg: TrainConfig, rows: int, world: int) -> int:

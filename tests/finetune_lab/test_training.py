@@ -13,7 +13,13 @@ from finetune_lab.config import ConfigError, TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
 from finetune_lab.embedded import CHATML_END
 from finetune_lab.models import BackendChoice, load_for_training, use_dense_packed_mask
-from finetune_lab.training import TrainingInterrupted, build_trainer, make_sft_config, run_lab
+from finetune_lab.training import (
+    TrainingInterrupted,
+    build_trainer,
+    keep_fp16_master_weights,
+    make_sft_config,
+    run_lab,
+)
 
 pytestmark = pytest.mark.slow
 DATA = str(REPO / "data" / "course_train.jsonl")
@@ -218,3 +224,17 @@ def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path, b
     assert lab.result.effective_batch_size == 8  # short_config trains on 8 examples
     assert "batch_size 1000 x 1 process(es) is more than the 8 examples" in " ".join(lab.warnings)
     assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 8
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_fp16_training_keeps_the_adapters_in_fp32(fp16):
+    """TRL casts a quantized model's adapters to bf16; fp16's loss scaler cannot unscale bf16 gradients."""
+    import types
+
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)).to(torch.bfloat16)
+    model[0].requires_grad_(False)  # the frozen base keeps its dtype
+    keep_fp16_master_weights(types.SimpleNamespace(args=types.SimpleNamespace(fp16=fp16), model=model))
+    assert model[0].weight.dtype == torch.bfloat16
+    assert model[1].weight.dtype == (torch.float32 if fp16 else torch.bfloat16)
