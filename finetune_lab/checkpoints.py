@@ -14,6 +14,7 @@ those names is refused before any model loads, and left as it is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,6 +70,30 @@ def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
         f"{path} is {kind}, not {what} of this lab; the lab replaces only its own runs, so nothing "
         "was touched. Choose another --run_name or --output_dir"
     )
+
+
+def free_run_name(output_dir: str | Path, run_name: str, suffixes: tuple[str, ...] = ("",)) -> str:
+    """run_name, or the first of run_name-2, -3, ... whose runs (run_name + each suffix) name nothing yet: no run,
+    no interrupted run, no lock. Running a notebook again keeps the earlier run and saves beside it."""
+
+    def taken(name: str) -> bool:
+        paths = [RunPaths.of(output_dir, name + suffix) for suffix in suffixes]
+        return any(p.run.exists() or p.resume.exists() or p.lock.exists() for p in paths)
+
+    name, n = run_name, 1
+    while taken(name):
+        n += 1
+        name = f"{run_name}-{n}"
+    return name
+
+
+def latest_run(output_dir: str | Path, run_name: str) -> Path:
+    """The newest finished run among run_name, run_name-2, run_name-3, ... (see free_run_name); run_name itself
+    when there is none yet."""
+    root = Path(output_dir)
+    numbered = [p for p in root.glob(f"{run_name}-*") if p.name[len(run_name) + 1 :].isdigit()]
+    finished = [p for p in [root / run_name, *numbered] if is_finished_run(p)]
+    return max(finished, key=lambda p: (p / RUN_CONFIG).stat().st_mtime, default=root / run_name)
 
 
 def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, resume: bool = False) -> RunPaths:
@@ -202,25 +227,23 @@ def clean_stale_staging(folder: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_run(paths: RunPaths, model, tokenizer, run_config: dict, write_extras=None) -> Path:
-    """Write the finished run atomically. write_extras(folder) adds history, plots and samples."""
+@contextlib.contextmanager
+def writing_run(paths: RunPaths, run_config: dict):
+    """The folder to save a finished run into: a hidden staging folder, published as paths.run only when the
+    block completes (an interrupted save never leaves a half-written run), then the run's resumable state goes."""
     paths.run.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(paths.run.parent)
     staging = _staging(paths.run)
-    model.save_pretrained(staging)
+    yield staging
     adapter_config = staging / "adapter_config.json"
     if adapter_config.exists():
         # Resolved again by load_checkpoint: a preset name, hub id or folder, not this machine's cache path.
         values = json.loads(adapter_config.read_text())
         values["base_model_name_or_path"] = run_config["model"]
         adapter_config.write_text(json.dumps(values, indent=2))
-    tokenizer.save_pretrained(staging)
     (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
-    if write_extras is not None:
-        write_extras(staging)
     publish(staging, paths.run)
     shutil.rmtree(paths.resume, ignore_errors=True)
-    return paths.run
 
 
 def read_json(path: Path, fix: str) -> dict:

@@ -22,7 +22,8 @@ def compare_ranks(
     max_new_tokens: int = 96,
 ) -> tuple[pd.DataFrame, object]:
     """Train one run per rank (alpha = 2 x rank, so the update scale alpha/r stays the same) and tabulate
-    training time, trainable parameters, final loss and evaluation scores; overlay the loss curves.
+    training time, trainable parameters, final and best validation loss and evaluation scores; overlay the
+    loss curves (validation dashed).
 
     Writes <output_dir>/<run_name>-ranks.csv and -ranks.png and returns (table, figure).
     """
@@ -31,7 +32,10 @@ def compare_ranks(
     api = load_api()
     for rank in ranks:
         run_cfg = cfg.replace(rank=rank, alpha=2 * rank, run_name=f"{cfg.run_name}-r{rank}")
-        lab = run_lab(run_cfg, overwrite=overwrite, max_new_tokens=max_new_tokens)
+        # the held-out file (if any) also gives each run its validation loss curve
+        lab = run_lab(
+            run_cfg, overwrite=overwrite, heldout_path=(eval_data or {}).get("held-out"), max_new_tokens=max_new_tokens
+        )
         histories[f"rank {rank}"] = lab.result.history
         row = {
             "rank": rank,
@@ -40,6 +44,7 @@ def compare_ranks(
             "train_seconds": round(lab.result.seconds, 1),
             "steps": lab.result.steps,
             "final_loss": round(lab.result.losses[-1], 4),
+            "best_validation_loss": lab.summary()["best_validation_loss"],
             "run": str(lab.run_dir),
         }
         if datasets:

@@ -89,6 +89,13 @@ class TrainConfig:
     run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
     wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
     limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
+    # The validation loss is measured on the held-out file after every epoch (transformers' EarlyStoppingCallback
+    # and load_best_model_at_end do the rest). Choosing the epoch by the held-out loss makes the held-out scores
+    # a little optimistic: both are off by default.
+    early_stopping_patience: int = setting(
+        0, "stop when the validation loss has not fallen for N epochs (0: train every epoch); implies --keep_best"
+    )
+    keep_best: bool = setting(False, "end with the weights of the epoch with the lowest validation loss")
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -115,12 +122,19 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value}")
+        if self.early_stopping_patience < 0:
+            raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ConfigError("target_modules is empty: name at least one linear layer, e.g. q_proj")
         if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.startswith("."):
             raise ConfigError(f"run_name {self.run_name!r} must be a plain folder name (no slashes, no leading dot)")
+
+    @property
+    def restores_best(self) -> bool:
+        """Whether training ends on the best epoch's weights (early stopping needs them to go back to)."""
+        return self.keep_best or self.early_stopping_patience > 0
 
     @property
     def truncates_long_examples(self) -> bool:

@@ -7,27 +7,32 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 
-def _losses(history: list[dict]) -> tuple[list[int], list[float]]:
-    rows = [h for h in history if "loss" in h]
-    return [h["step"] for h in rows], [h["loss"] for h in rows]
+def _curve(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    rows = [h for h in history if key in h]
+    return [h["step"] for h in rows], [h[key] for h in rows]
 
 
-def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss"):
-    return plot_losses({"train": history}, path, title)
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Loss"):
+    return plot_losses({"": history}, path, title)
 
 
-def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None, title: str = "Training loss"):
-    """One curve per run, overlaid (e.g. LoRA rank 16 vs 32)."""
+def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None, title: str = "Loss"):
+    """Training loss per step (solid) and held-out loss per epoch (dashed, where measured), one colour per run
+    (e.g. LoRA rank 16 vs 32)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, history in histories.items():
-        steps, losses = _losses(history)
-        ax.plot(steps, losses, marker="o", markersize=2.5, label=label)
+    for i, (label, history) in enumerate(histories.items()):
+        colour = f"C{i}"
+        prefix = f"{label}: " if label else ""
+        ax.plot(*_curve(history, "loss"), color=colour, marker="o", markersize=2.5, label=f"{prefix}training")
+        steps, validation = _curve(history, "validation_loss")
+        if validation:
+            ax.plot(steps, validation, color=colour, linestyle="--", marker="s", label=f"{prefix}validation (held out)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (response tokens)")
+    ax.set_ylabel("loss (answer tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if len(histories) > 1:
-        ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_json, save_run
+from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_json, writing_run
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
@@ -54,6 +54,11 @@ class TrainResult:
     def losses(self) -> list[float]:
         return [h["loss"] for h in self.history if "loss" in h]
 
+    @property
+    def validation(self) -> list[dict]:
+        """The held-out loss after each epoch (empty without held-out data)."""
+        return [h for h in self.history if "validation_loss" in h]
+
 
 def peak_memory_mb() -> float:
     """Peak GPU memory of this process, or on a CPU its peak resident memory (RAM)."""
@@ -76,41 +81,32 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, **overrides):
-    """SFTConfig from the lab's TrainConfig; the notebook shows each of these settings with its trade-off."""
-    from trl import SFTConfig
-
+def sft_plumbing(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, validation: bool = False) -> dict:
+    """The SFTConfig settings a student need not change: where checkpoints go, seeds, the device's optimizer and
+    data loading, data-parallel details, and the best-epoch bookkeeping. train_model.ipynb spells out the rest."""
+    if cfg.restores_best and not validation:
+        raise ConfigError(
+            "keep_best and early_stopping_patience need held-out data to measure the validation loss on "
+            "(--heldout FILE)"
+        )
     on_gpu = choice.on_gpu
     args = dict(
         output_dir=str(output_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=2,
-        weight_decay=0.0,
         # Packing cuts each row at max_length, truncating an example only if it alone is longer; padding-free
         # batches without packing keep examples whole (the lab warns about long ones instead).
         max_length=cfg.max_seq_length if cfg.truncates_long_examples else None,
-        completion_only_loss=True,  # loss on the answer only; the prompt tokens are masked with -100
         padding_free=cfg.padding_free or cfg.packing,
-        packing=cfg.packing,
         # best-fit decreasing: whole examples per row, never one cut across two rows
         packing_strategy="bfd",
-        # Gradient checkpointing is switched on by models.add_adapter (Unsloth has its own variant).
+        # Gradient checkpointing is switched on with the adapter (Unsloth has its own variant).
         gradient_checkpointing=False,
-        bf16=on_gpu and choice.dtype == "bfloat16",
-        fp16=on_gpu and choice.dtype == "float16",
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
-        logging_steps=1,
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=2,
+        per_device_eval_batch_size=cfg.batch_size,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=["wandb"] if cfg.wandb else "none",
         run_name=cfg.run_name,
         # LoRA with non-reentrant checkpointing uses every trainable parameter each step: skip DDP's search.
         ddp_find_unused_parameters=False if world_size() > 1 else None,
@@ -119,8 +115,42 @@ def make_sft_config(cfg: TrainConfig, choice: BackendChoice, output_dir: str | P
         use_cpu=not on_gpu,  # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
         dataset_num_proc=None,
     )
+    if cfg.restores_best:
+        args.update(
+            load_best_model_at_end=True,
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            save_strategy="epoch",  # the best epoch must have a checkpoint to go back to
+        )
+    return args
+
+
+def make_sft_config(
+    cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path, validation: bool = False, **overrides
+):
+    """SFTConfig from the lab's TrainConfig: the settings train_model.ipynb writes out in a cell (with their
+    trade-offs), on top of sft_plumbing. `validation`: a held-out set is evaluated after every epoch."""
+    from trl import SFTConfig
+
+    args = dict(
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=2,
+        weight_decay=0.0,
+        completion_only_loss=True,  # loss on the answer only; the prompt tokens are masked with -100
+        packing=cfg.packing,
+        bf16=choice.on_gpu and choice.dtype == "bfloat16",
+        fp16=choice.on_gpu and choice.dtype == "float16",
+        logging_steps=1,
+        eval_strategy="epoch" if validation else "no",
+        report_to=["wandb"] if cfg.wandb else "none",
+    )
     args.update(overrides)
-    return SFTConfig(**args)
+    return SFTConfig(**{**sft_plumbing(cfg, choice, output_dir, validation), **args})
 
 
 def _trainer_class():
@@ -188,16 +218,24 @@ def build_trainer(
     output_dir: str | Path,
     sft_config=None,
     callbacks=(),
+    validation: Dataset | None = None,
 ):
     """TRL's SFTTrainer over a lab Dataset (prompt/completion rows, tokenized and masked on construction) or an
-    already tokenized Hugging Face dataset (input_ids), as the benchmark uses."""
+    already tokenized Hugging Face dataset (input_ids), as the benchmark uses; `validation` is evaluated after
+    every epoch."""
     from datasets import Dataset as HFDataset
 
     rows = HFDataset.from_list(dataset.trl_rows()) if isinstance(dataset, Dataset) else dataset
+    args = sft_config or make_sft_config(cfg, choice, output_dir, validation=validation is not None)
+    if cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
     trainer = _trainer_class()(
         model=model,
-        args=sft_config or make_sft_config(cfg, choice, output_dir),
+        args=args,
         train_dataset=rows,
+        eval_dataset=HFDataset.from_list(validation.trl_rows()) if validation is not None else None,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
@@ -262,8 +300,10 @@ def train(
     sft_config=None,
     callbacks=(),
     resume_from: str | Path | None = None,
+    validation: Dataset | None = None,
 ) -> TrainResult:
-    """Fine-tune in place; on Ctrl-C save a resumable checkpoint in output_dir and raise TrainingInterrupted."""
+    """Fine-tune in place (measuring the loss on `validation` after every epoch); on Ctrl-C save a resumable
+    checkpoint in output_dir and raise TrainingInterrupted."""
     timer = _FirstStepTimer()
     if resume_from is None and is_main_process():  # marks the folder as this run's resumable state (see checkpoints)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -271,7 +311,15 @@ def train(
     clock = _LegClock(Path(output_dir), resume_from is not None)
     for_training(model, choice)
     trainer = build_trainer(
-        model, tokenizer, dataset, cfg, choice, output_dir, sft_config, [timer.callback, clock.callback, *callbacks]
+        model,
+        tokenizer,
+        dataset,
+        cfg,
+        choice,
+        output_dir,
+        sft_config,
+        [timer.callback, clock.callback, *callbacks],
+        validation,
     )
     sft_config = trainer.args
     start = time.perf_counter()
@@ -285,23 +333,33 @@ def train(
             f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
             f"{where}. Run the same command with --resume to continue."
         ) from None
-    peak = peak_memory_mb()
-    history = [
-        {k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")}
-        for row in trainer.state.log_history
-        if "loss" in row
-    ]
-    trainable, total = count_parameters(model)
+    return result_of(trainer, cfg, clock.total, (timer.at - start) if timer.at else float("nan"))
+
+
+def result_of(trainer, cfg: TrainConfig, seconds: float, seconds_to_first_step: float = float("nan")) -> TrainResult:
+    """What a finished trainer did: its loss history, steps, time, peak memory and sizes."""
+    trainable, total = count_parameters(trainer.model)
     return TrainResult(
-        history=history,
+        history=loss_history(trainer.state.log_history),
         steps=trainer.state.global_step,
-        seconds=clock.total,
-        seconds_to_first_step=(timer.at - start) if timer.at else float("nan"),
-        peak_memory_mb=peak,
+        seconds=seconds,
+        seconds_to_first_step=seconds_to_first_step,
+        peak_memory_mb=peak_memory_mb(),
         trainable_params=trainable,
         total_params=total,
         effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), world_size()),
     )
+
+
+def loss_history(log_history: list[dict]) -> list[dict]:
+    """The trainer's log as the lab keeps it: one row per step (loss) and one per evaluation (validation_loss)."""
+    rows = []
+    for row in log_history:
+        if "loss" in row:
+            rows.append({k: v for k, v in row.items() if k in ("step", "epoch", "loss", "learning_rate", "grad_norm")})
+        elif "eval_loss" in row:
+            rows.append({"step": row["step"], "epoch": row["epoch"], "validation_loss": row["eval_loss"]})
+    return rows
 
 
 # ---------------------------------------------------------------- the whole lab run
@@ -335,6 +393,7 @@ class LabRun:
             "seconds_to_first_step": round(self.result.seconds_to_first_step, 1),
             "first_loss": round(losses[0], 4) if losses else None,
             "last_loss": round(losses[-1], 4) if losses else None,
+            **validation_summary(self.result.validation),
             "peak_memory_mb": round(self.result.peak_memory_mb),
             "trainable_params": self.result.trainable_params,
             "total_params": self.result.total_params,
@@ -357,24 +416,35 @@ class LabRun:
             "seconds_to_first_step",
             "first_loss",
             "last_loss",
+            "last_validation_loss",
+            "best_validation_loss",
+            "best_validation_step",
             "peak_memory_mb",
             "trainable_params",
             "effective_batch_size",
             "checkpoint",
             "loss_curve",
         ):
-            print(f"{key:>22}: {s[key]}")
+            print(f"{key:>22}: {'n/a' if s[key] is None else s[key]}")
         for warning in self.warnings:
             print(f"   warning: {warning}")
         for i, (prompt, ref, b, a) in enumerate(zip(self.prompts, self.references, self.before, self.after), 1):
             print(f"\n--- test prompt {i}: {prompt[-1]['content']}\n[reference]\n{ref}\n[before]\n{b}\n[after]\n{a}")
 
 
-def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
-    """Write the run folder (adapter, tokenizer, config, loss history and curve, samples, summary) atomically."""
-    from . import tracking
+def validation_summary(validation: list[dict]) -> dict:
+    """Last and lowest held-out loss (None, shown as n/a, when nothing was held out)."""
+    best = min(validation, key=lambda h: h["validation_loss"], default=None)
+    return {
+        "last_validation_loss": round(validation[-1]["validation_loss"], 4) if validation else None,
+        "best_validation_loss": round(best["validation_loss"], 4) if best else None,
+        "best_validation_step": best["step"] if best else None,
+    }
 
-    run_config = {
+
+def run_record(lab: LabRun, dataset: Dataset) -> dict:
+    """run_config.json: the settings, how it ran, and what the base and data were (load_checkpoint checks them)."""
+    return {
         **lab.config.to_dict(),
         "backend_choice": vars(lab.choice),
         "base_fingerprint": base_fingerprint(lab.model),
@@ -382,21 +452,28 @@ def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
         "examples": len(dataset),
     }
 
-    def write_extras(folder: Path):
-        (folder / HISTORY_FILE).write_text(json.dumps(lab.result.history, indent=1))
-        plot_loss(lab.result.history, folder / CURVE_FILE, title=f"{lab.config.run_name}: training loss")
-        (folder / SAMPLES_FILE).write_text(
-            json.dumps(
-                [
-                    {"prompt": p[-1]["content"], "messages": p, "reference": r, "before": b, "after": a}
-                    for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)
-                ],
-                indent=1,
-            )
-        )
-        (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
 
-    save_run(paths, lab.model, lab.tokenizer, run_config, write_extras)
+def write_run_files(folder: Path, lab: LabRun) -> None:
+    """What the lab keeps beside the weights: loss history and curve, sample answers, summary."""
+    (folder / HISTORY_FILE).write_text(json.dumps(lab.result.history, indent=1))
+    plot_loss(lab.result.history, folder / CURVE_FILE, title=f"{lab.config.run_name}: loss")
+    samples = [
+        {"prompt": p[-1]["content"], "messages": p, "reference": r, "before": b, "after": a}
+        for p, r, b, a in zip(lab.prompts, lab.references, lab.before, lab.after)
+    ]
+    (folder / SAMPLES_FILE).write_text(json.dumps(samples, indent=1))
+    (folder / SUMMARY_FILE).write_text(json.dumps(lab.summary(), indent=1))
+
+
+def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
+    """Write the run folder (adapter, tokenizer, config, loss history and curve, samples, summary) atomically;
+    train_model.ipynb makes the same calls in a cell."""
+    from . import tracking
+
+    with writing_run(paths, run_record(lab, dataset)) as folder:
+        lab.model.save_pretrained(folder)
+        lab.tokenizer.save_pretrained(folder)
+        write_run_files(folder, lab)
     tracking.log_run_files(paths.run)
     return paths.run
 
@@ -498,7 +575,9 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
     if not resume and is_main_process():
         shutil.rmtree(paths.resume, ignore_errors=True)  # --overwrite: the stale interrupted state of this run name
     with tracking.wandb_run(cfg, paths.run.parent):
-        result = train(model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from)
+        result = train(
+            model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from, heldout
+        )
         for_inference(model, choice)
         after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         lab = LabRun(cfg, choice, result, paths.run, prompts, references, before, after, warnings, model, tokenizer)

@@ -73,7 +73,7 @@ def main(out: Path) -> int:
             }
             history = out / run_name / "loss_history.json"
             if history.exists():
-                losses = [h["loss"] for h in json.loads(history.read_text())]
+                losses = [h["loss"] for h in json.loads(history.read_text()) if "loss" in h]
                 row.update(steps=len(losses), first_loss=round(losses[0], 3), last_loss=round(losses[-1], 3))
             else:
                 row["error"] = (done.stderr.strip().splitlines() or ["?"])[-1][:300]

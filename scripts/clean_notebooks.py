@@ -6,9 +6,14 @@ compares in CI); every other cell is committed without outputs or execution coun
 diffs stay small and no timing, machine path or progress bar lands in git. Checked cells are numbered 1, 2, ...
 (nbval needs an execution count on a cell whose output it compares).
 
+The executed copies in labs/unsloth_finetune/executed/ are the other side: each notebook run top to bottom in full
+(not quick) mode with every output kept, for reading on GitHub without running anything; a test checks that their
+code cells are the sources' code cells.
+
 Who it is for: anyone who edits a notebook. How to run, from the repository root:
     python scripts/clean_notebooks.py             # strip in place
     python scripts/clean_notebooks.py --execute   # run each notebook first (FINETUNE_LAB_QUICK=1), then strip
+    python scripts/clean_notebooks.py --copies    # regenerate the executed copies (full runs, ~30 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -23,8 +28,27 @@ REPO = Path(__file__).resolve().parents[1]
 MARKER = "# NBVAL_CHECK_OUTPUT"
 
 
+EXECUTED = "executed"
+
+
 def notebooks() -> list[Path]:
-    return sorted((REPO / "labs").rglob("*.ipynb"))
+    return sorted(p for p in (REPO / "labs").rglob("*.ipynb") if p.parent.name != EXECUTED)
+
+
+def executed_copy(path: Path) -> Path:
+    return path.parent / EXECUTED / path.name
+
+
+def run(nb, path: Path, quick: bool) -> None:
+    from nbclient import NotebookClient
+
+    if quick:
+        os.environ["FINETUNE_LAB_QUICK"] = "1"
+    else:
+        os.environ.pop("FINETUNE_LAB_QUICK", None)
+    NotebookClient(
+        nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
 
 
 def is_checked(cell) -> bool:
@@ -52,16 +76,18 @@ def clean(nb) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--execute", action="store_true", help="run the notebooks (quick mode) before cleaning")
+    parser.add_argument("--copies", action="store_true", help="write the executed copies (full runs) instead")
     args = parser.parse_args()
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
+        if args.copies:
+            run(nb, path, quick=False)
+            executed_copy(path).parent.mkdir(exist_ok=True)
+            nbformat.write(nb, executed_copy(path))
+            print("executed", executed_copy(path).relative_to(REPO))
+            continue
         if args.execute:
-            from nbclient import NotebookClient
-
-            os.environ["FINETUNE_LAB_QUICK"] = "1"
-            NotebookClient(
-                nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-            ).execute()
+            run(nb, path, quick=True)
         clean(nb)
         nbformat.write(nb, path)
         print("cleaned", path.relative_to(REPO))

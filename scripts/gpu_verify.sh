@@ -10,7 +10,7 @@
 #                                             # scripts/t4sim), as a Colab user's runs would go
 # 0. the preflight (python -m finetune_lab.doctor): versions, card, native bf16, dtype, memory estimate
 # 1. tests/labs/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
-# 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1)
+# 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1), saved with their outputs in OUT_DIR
 # 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +36,18 @@ status=0
 [[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/labs/test_gpu.py 2>&1 \
   | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
-  FINETUNE_LAB_QUICK=1 python3 - "$nb" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
+  FINETUNE_LAB_QUICK=1 python3 - "$nb" "$out" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1
 import sys, time, nbformat
 from nbclient import NotebookClient
-name = sys.argv[1]
+from nbclient.exceptions import CellExecutionError
+name, out = sys.argv[1], sys.argv[2]
 nb = nbformat.read(f"labs/unsloth_finetune/{name}.ipynb", as_version=4)
 start = time.perf_counter()
-NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": "labs/unsloth_finetune"}}).execute()
+try:
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": "labs/unsloth_finetune"}}).execute()
+except CellExecutionError:
+    pass  # the error is in the cell's outputs, counted below
+nbformat.write(nb, f"{out}/{name}.ipynb")  # executed, every output kept
 errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 backend = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if "backend=" in o.get("text", "")]
 print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(errors)}, {backend[:1]}")

@@ -47,3 +47,17 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.Comp
             return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
 
         return subprocess.CompletedProcess(command, 124, text(late.stdout), text(late.stderr))
+
+
+MARKER = "# NBVAL_CHECK_OUTPUT"
+TRAIN_NOTEBOOK = LAB / "train_model.ipynb"
+
+
+def checked_output(path: Path, start: str) -> str:
+    """The committed output of a notebook's checked cell (nbval re-runs it) whose code starts with `start`."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(f"{MARKER}\n{start}")]
+    assert len(cells) == 1, f"{path.name}: one checked cell starting with {start!r}"
+    return "".join(o.get("text", "") for o in cells[0].outputs)

@@ -18,13 +18,14 @@ SAVE_THEN_HANG = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     sys.path.insert(0, sys.argv[2])
-    from finetune_lab.checkpoints import RunPaths, load_checkpoint, save_run
+    from finetune_lab.checkpoints import RunPaths, load_checkpoint, writing_run
     run = Path(sys.argv[1])
     model, tokenizer, run_config = load_checkpoint(run, device="cpu")
-    def hang(folder):  # the adapter and tokenizer are written by now; the process dies before publishing
-        print("STAGED", folder, flush=True)
+    with writing_run(RunPaths.of(run.parent, run.name), run_config) as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        print("STAGED", folder, flush=True)  # the process dies here, before publishing
         time.sleep(600)
-    save_run(RunPaths.of(run.parent, run.name), model, tokenizer, run_config, hang)
 """)
 
 
@@ -229,3 +230,28 @@ def test_a_damaged_run_folder_gives_one_line_naming_the_file_and_the_fix(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert "retrain" in err or "restore" in err
+
+
+def test_a_name_in_use_gets_the_next_free_suffix(tmp_path):
+    from finetune_lab.checkpoints import free_run_name
+
+    assert free_run_name(tmp_path, "nb") == "nb"
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb-2.resume").mkdir()  # an interrupted run holds its name too
+    assert free_run_name(tmp_path, "nb") == "nb-3"
+    (tmp_path / "ranks-r32").mkdir()  # a comparison's runs are named with suffixes
+    assert free_run_name(tmp_path, "ranks", ("-r16", "-r32")) == "ranks-2"
+
+
+def test_the_newest_of_a_runs_numbered_copies_is_the_latest(tmp_path):
+    import os
+
+    from finetune_lab.checkpoints import latest_run
+
+    assert latest_run(tmp_path, "nb") == tmp_path / "nb"  # nothing yet: the name itself
+    for age, name in ((30, "nb"), (10, "nb-2"), (20, "nb-10"), (0, "nb-old")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_config.json").write_text("{}")
+        os.utime(tmp_path / name / "run_config.json", (1e9 - age, 1e9 - age))
+    (tmp_path / "nb-3").mkdir()  # unfinished: not a run
+    assert latest_run(tmp_path, "nb") == tmp_path / "nb-2"

@@ -238,3 +238,18 @@ def test_fp16_training_keeps_the_adapters_in_fp32(fp16):
     keep_fp16_master_weights(types.SimpleNamespace(args=types.SimpleNamespace(fp16=fp16), model=model))
     assert model[0].weight.dtype == torch.bfloat16
     assert model[1].weight.dtype == (torch.float32 if fp16 else torch.bfloat16)
+
+
+def test_early_stopping_uses_transformers_callback_and_goes_back_to_the_best_epoch(tmp_path, base_model_dir):
+    from transformers import EarlyStoppingCallback
+
+    cfg = short_config(tmp_path, "early", early_stopping_patience=2)
+    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    data = load_jsonl(DATA)
+    trainer = build_trainer(model, tokenizer, data, cfg, choice, tmp_path / "early.resume", validation=data)
+    assert any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
+    args = trainer.args
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
+    assert args.eval_strategy == args.save_strategy == "epoch"
+    with pytest.raises(ConfigError, match="need held-out data"):
+        make_sft_config(cfg.replace(early_stopping_patience=0, keep_best=True), choice, tmp_path / "x")

@@ -59,7 +59,7 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     # bf16 on Ampere and newer, fp16 on a T4 (also under scripts/t4sim), whatever is_bf16_supported() says
     assert f"dtype={native_dtype(gpu().capability)}" in done.stdout
     run = tmp_path / "gpu"
-    losses = [h["loss"] for h in json.loads((run / "loss_history.json").read_text())]
+    losses = [h["loss"] for h in json.loads((run / "loss_history.json").read_text()) if "loss" in h]
     assert losses[-1] < 0.5 * losses[0]
     samples = json.loads((run / "samples.json").read_text())
     assert sum(bool(same_program(s["after"], s["reference"])) for s in samples[:3]) >= 2

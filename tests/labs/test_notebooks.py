@@ -8,10 +8,9 @@ import re
 import nbformat
 import pytest
 import tomllib
-from helpers import REPO
+from helpers import MARKER, REPO, TRAIN_NOTEBOOK, checked_output
 
-NOTEBOOKS = sorted((REPO / "labs").rglob("*.ipynb"))
-MARKER = "# NBVAL_CHECK_OUTPUT"
+NOTEBOOKS = sorted(p for p in (REPO / "labs").rglob("*.ipynb") if p.parent.name != "executed")
 REPO_URL = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 SLUG = REPO_URL.removeprefix("https://github.com/")
 TWINS = {"train_model.ipynb": "train_tiny_model.py", "evaluate_model.ipynb": "evaluate_model.py"}
@@ -75,3 +74,35 @@ def test_relative_links_in_the_course_text_resolve():
         for target in link.findall(doc.read_text()):
             resolved = (doc.parent / target.split("#")[0]).resolve()
             assert resolved.exists(), f"{doc.relative_to(REPO)} links to missing {target}"
+
+
+def test_the_hand_built_lora_layer_equals_peft_and_predicts_the_trainable_count():
+    lora = checked_output(TRAIN_NOTEBOOK, "from peft.tuners.lora import")
+    assert "B = 0: the adapted layer equals the base: True" in lora
+    assert "hand-built LoRA == PEFT's LoRA layer: True" in lora
+    adapters = checked_output(TRAIN_NOTEBOOK, "from peft import get_peft_model")
+    assert "as counted by hand in section 4: True" in adapters
+
+
+def test_the_label_view_learns_exactly_the_answer_and_its_end_of_turn_token():
+    from finetune_lab.data import load_jsonl
+    from finetune_lab.embedded import CHATML_END
+
+    view = checked_output(TRAIN_NOTEBOOK, "batch = trainer.data_collator")
+    first = load_jsonl(REPO / "data" / "course_train.jsonl").examples[0]
+    learned = next(line for line in view.splitlines() if line.startswith("learned:"))
+    assert learned == f"learned: {first.completion + CHATML_END + chr(10)!r}"
+    masked = next(line for line in view.splitlines() if line.startswith("masked :"))
+    assert first.user_text in masked and first.completion not in masked
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_executed_copy_for_reading_on_github_runs_the_same_code(path):
+    copy = path.parent / "executed" / path.name
+    assert copy.exists(), "regenerate with: python scripts/clean_notebooks.py --copies"
+    source, executed = (nbformat.read(p, as_version=4) for p in (path, copy))
+    code = [[c.source for c in nb.cells if c.cell_type == "code"] for nb in (source, executed)]
+    assert code[0] == code[1], "the copy is stale: python scripts/clean_notebooks.py --copies"
+    ran = [c for c in executed.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in ran), "every cell of the copy ran"
+    assert not [o for c in ran for o in c.outputs if o.output_type == "error"]

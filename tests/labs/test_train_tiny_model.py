@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import REPO, run_cli, start_cli, write_jsonl
+from helpers import REPO, TRAIN_NOTEBOOK, checked_output, run_cli, start_cli, write_jsonl
 
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
@@ -32,12 +32,31 @@ def test_the_run_folder_holds_everything_the_lab_promises(trained_run):
 
 
 def test_the_model_learned_the_course_data(trained_run):
-    losses = [h["loss"] for h in json.loads((trained_run / "loss_history.json").read_text())]
+    losses = [h["loss"] for h in json.loads((trained_run / "loss_history.json").read_text()) if "loss" in h]
     assert len(losses) == 16 and losses[-1] < 0.35 * losses[0]
     samples = json.loads((trained_run / "samples.json").read_text())
     trained = samples[:3]  # the first three are training prompts
     assert sum(bool(same_program(s["after"], s["reference"])) for s in trained) >= 2
     assert not any(same_program(s["before"], s["reference"]) for s in trained)
+
+
+def test_the_held_out_loss_is_measured_after_every_epoch(trained_run):
+    history = json.loads((trained_run / "loss_history.json").read_text())
+    validation = [h for h in history if "validation_loss" in h]
+    # 16 examples, 4 per step: an epoch every 4 steps, each followed by the held-out loss
+    assert [h["step"] for h in validation] == [4, 8, 12, 16]
+    assert validation[-1]["validation_loss"] < validation[0]["validation_loss"]
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["best_validation_loss"] == round(min(h["validation_loss"] for h in validation), 4)
+    assert "best_validation_loss:" in (trained_run / "cli_stdout.txt").read_text()
+
+
+def test_the_notebook_trains_exactly_as_the_script_twin(trained_run):
+    """train_model.ipynb makes the library calls in its cells, the CLI through the package: in quick mode the
+    notebook's checked loss cell (nbval runs it again) shows this run's first losses."""
+    losses = [h["loss"] for h in json.loads((trained_run / "loss_history.json").read_text()) if "loss" in h]
+    committed = checked_output(TRAIN_NOTEBOOK, "# The first losses")
+    assert committed.strip() == str([round(loss, 2) for loss in losses[:6]])
 
 
 def test_reloading_the_run_folder_alone_gives_token_identical_answers(trained_run):
@@ -101,7 +120,7 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     assert "effective batch size 8 examples = 4 per device x 1 accumulation x 2 process(es)" in out
     assert out.count("=== Lab summary ===") == 1 and "effective_batch_size: 8" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
-    history = json.loads((tmp_path / "ddp" / "loss_history.json").read_text())
+    history = [h for h in json.loads((tmp_path / "ddp" / "loss_history.json").read_text()) if "loss" in h]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     # 16 examples, 4 per process, 2 processes: each step covers 8 examples, so an epoch takes 2 steps.
     assert [h["epoch"] for h in history] == [0.5, 1.0, 1.5, 2.0]
