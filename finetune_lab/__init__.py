@@ -4,8 +4,9 @@ The notebooks in labs/ show the lesson's code; the plumbing they share with the 
 module per concern: data, models, training, checkpoints, generation, evaluation, plots, tracking.
 """
 
-from .config import ConfigError, TrainConfig, ci_quick, quick_config
+from .config import ConfigError, TrainConfig, quick_config
 from .data import DatasetError, load_jsonl
+from .runtime import ci_quick
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "DatasetError", "TrainConfig", "ci_quick", "load_jsonl", "quick_config"]

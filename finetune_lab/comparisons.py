@@ -8,8 +8,8 @@ import pandas as pd
 
 from .config import TrainConfig
 from .evaluation import aggregate, evaluate_model, load_api, load_splits
-from .models import is_main_process
 from .plots import plot_losses
+from .runtime import is_main_process
 from .training import run_lab
 
 

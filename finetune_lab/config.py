@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 METHODS = ("lora", "qlora", "full")
@@ -19,11 +18,6 @@ COURSE_SYSTEM_PROMPT = "You write Python code that uses the gardenkit library. A
 
 class ConfigError(ValueError):
     """A setting that cannot work, reported before any heavy work starts."""
-
-
-def ci_quick() -> bool:
-    """The one switch that shortens notebook and lab runs under CI (FINETUNE_LAB_QUICK=1)."""
-    return os.environ.get("FINETUNE_LAB_QUICK", "") not in ("", "0", "false", "False")
 
 
 def setting(default, help: str):

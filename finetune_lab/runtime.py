@@ -1,4 +1,7 @@
-"""What this machine can run: the GPU (if any), its native precision, and the one dtype decision of the lab.
+"""The runtime state of a lab process, read once here and passed on: which data-parallel process this is (world
+size, process rank, local rank, main process), quick mode, the cache folder, the GPU (if any), its native precision
+and the one dtype decision of the lab. No other module reads WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK or
+FINETUNE_LAB_CACHE.
 
 Every part of the lab that needs a dtype (loading for training, the trainer's bf16/fp16 flags, reloading a run,
 generation, evaluation, the notebooks' first cell) asks `choose_dtype`, so a Colab T4 trains and reloads in fp16
@@ -8,15 +11,56 @@ which only emulates bf16, slowly).
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import DTYPES, ConfigError
 
 # bf16 matrix units arrived with Ampere (compute capability 8.0): A100, RTX 30xx, L4, H100. Older cards (T4: 7.5,
 # V100: 7.0) run fp16 natively and bf16 only in emulation.
 NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The data-parallel processes of this run: more than one under `accelerate launch` / torchrun, one GPU each."""
+
+    world_size: int
+    rank: int  # this process among all of them (not LoRA's rank r)
+    local_rank: int  # this process on its machine: the index of its GPU
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes run folders, plots and summaries, and prints them."""
+        return self.rank == 0
+
+
+@functools.cache
+def processes() -> Processes:
+    return Processes(
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def is_main_process() -> bool:
+    return processes().is_main
+
+
+@functools.cache
+def ci_quick() -> bool:
+    """The one switch that shortens notebook and lab runs under CI (FINETUNE_LAB_QUICK=1)."""
+    return os.environ.get("FINETUNE_LAB_QUICK", "") not in ("", "0", "false", "False")
+
+
+@functools.cache
+def cache_dir() -> Path:
+    """Where the embedded model is converted and kept (FINETUNE_LAB_CACHE, default ~/.cache/finetune_lab)."""
+    return Path(os.environ.get("FINETUNE_LAB_CACHE", Path.home() / ".cache" / "finetune_lab"))
 
 
 @dataclass(frozen=True)
@@ -32,12 +76,12 @@ class Gpu:
 
 
 def gpu(index: int | None = None) -> Gpu | None:
-    """The CUDA card this process trains on (the current device unless `index` says), or None on a CPU."""
+    """The CUDA card this process trains on (its local rank's unless `index` says), or None on a CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    index = torch.cuda.current_device() if index is None else index
+    index = processes().local_rank if index is None else index
     free, total = torch.cuda.mem_get_info(index)
     return Gpu(
         torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total / 2**20, free / 2**20

@@ -16,7 +16,7 @@ def wandb_mode() -> str:
 @contextlib.contextmanager
 def wandb_run(cfg: TrainConfig, log_dir: str | Path):
     """A wandb run around training when cfg.wandb is set; TRL's WandbCallback logs each step's loss into it."""
-    from .models import is_main_process
+    from .runtime import is_main_process
 
     if not cfg.wandb or not is_main_process():  # one run per training, not one per data-parallel process
         yield None

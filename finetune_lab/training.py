@@ -13,16 +13,9 @@ from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_jso
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
-from .models import (
-    BackendChoice,
-    base_fingerprint,
-    for_inference,
-    for_training,
-    is_main_process,
-    load_for_training,
-    world_size,
-)
+from .models import BackendChoice, base_fingerprint, for_inference, for_training, load_for_training
 from .plots import plot_loss
+from .runtime import is_main_process, processes
 
 HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE, LEG_SECONDS_FILE = (
     "loss_history.json",
@@ -109,7 +102,7 @@ def sft_plumbing(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path
         data_seed=cfg.seed,
         run_name=cfg.run_name,
         # LoRA with non-reentrant checkpointing uses every trainable parameter each step: skip DDP's search.
-        ddp_find_unused_parameters=False if world_size() > 1 else None,
+        ddp_find_unused_parameters=False if processes().world_size > 1 else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu,  # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
@@ -167,7 +160,7 @@ def _trainer_class():
             return self._staging_root or super()._get_output_dir(trial)
 
         def _save_checkpoint(self, model, trial):
-            if world_size() > 1:  # every rank writes its own RNG state: no shared staging folder
+            if processes().world_size > 1:  # every rank writes its own RNG state: no shared staging folder
                 return super()._save_checkpoint(model, trial)
             final_root = Path(super()._get_output_dir(trial))
             final_root.mkdir(parents=True, exist_ok=True)
@@ -347,7 +340,7 @@ def result_of(trainer, cfg: TrainConfig, seconds: float, seconds_to_first_step: 
         peak_memory_mb=peak_memory_mb(),
         trainable_params=trainable,
         total_params=total,
-        effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), world_size()),
+        effective_batch_size=effective_batch_size(cfg, len(trainer.train_dataset), processes().world_size),
     )
 
 
@@ -537,18 +530,19 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
     for data in (dataset, heldout):
         if data is not None:
             check_chat_markers(data, tokenizer, cfg.model)
-    batch = effective_batch_size(cfg, len(dataset), world_size())
+    world = processes().world_size
+    batch = effective_batch_size(cfg, len(dataset), world)
     warnings = list(dataset.warnings)
-    if cfg.batch_size * world_size() > len(dataset):
+    if cfg.batch_size * world > len(dataset):
         warnings.append(
-            f"batch_size {cfg.batch_size} x {world_size()} process(es) is more than the {len(dataset)} "
+            f"batch_size {cfg.batch_size} x {world} process(es) is more than the {len(dataset)} "
             f"examples: every step trains on all of them (effective batch size {batch})"
         )
     if is_main_process():
         unit = f"rows of up to {cfg.max_seq_length} packed tokens" if cfg.packing else "examples"
         print(
-            f"[finetune_lab] effective batch size {batch} {unit} = {batch // (cfg.grad_accum * world_size())} "
-            f"per device x {cfg.grad_accum} accumulation x {world_size()} process(es)"
+            f"[finetune_lab] effective batch size {batch} {unit} = {batch // (cfg.grad_accum * world)} "
+            f"per device x {cfg.grad_accum} accumulation x {world} process(es)"
         )
     too_long = count_too_long(dataset, tokenizer, cfg.max_seq_length)
     if too_long == len(dataset):

@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-if "WORLD_SIZE" not in os.environ:
+sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+from finetune_lab.runtime import processes  # noqa: E402
+
+if processes().world_size == 1:
     # One process trains on one GPU (else Trainer wraps the model in nn.DataParallel, which TRL refuses);
     # more GPUs: `accelerate launch --num_processes N ...`.
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
-sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
 
 from finetune_lab.checkpoints import CheckpointError  # noqa: E402
 from finetune_lab.config import ConfigError, TrainConfig, quick_config  # noqa: E402

@@ -44,3 +44,45 @@ def test_overrides_the_card_can_run_are_kept(card, requested):
 def test_an_unknown_dtype_is_refused_by_the_config():
     with pytest.raises(ConfigError, match="dtype 'fp8' is not one of auto, bfloat16, float16, float32"):
         TrainConfig(dtype="fp8")
+
+
+PROCESS_STATE = """
+import json
+from finetune_lab.runtime import processes
+p = processes()
+print(json.dumps([p.world_size, p.rank, p.local_rank, p.is_main]))
+"""
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [({}, [1, 0, 0, True]), ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, [4, 3, 1, False])],
+)
+def test_the_process_state_comes_from_the_launchers_variables(env, expected):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS_STATE], cwd=REPO, env={**clean, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == expected
+
+
+def test_only_the_runtime_module_reads_the_runtime_variables():
+    from helpers import REPO
+
+    owned = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "FINETUNE_LAB_QUICK", "FINETUNE_LAB_CACHE")
+    for path in sorted([*(REPO / "finetune_lab").glob("*.py"), *(REPO / "labs").rglob("*.py")]):
+        if path.name == "runtime.py":
+            continue
+        text = path.read_text()
+        read = [name for name in owned if f'"{name}"' in text]
+        assert not read, f"{path.name} reads {read}: ask finetune_lab.runtime"
+    models = (REPO / "finetune_lab" / "models.py").read_text()
+    assert "set_device" not in models, "choosing a backend has no side effects"

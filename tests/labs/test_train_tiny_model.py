@@ -116,7 +116,7 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    assert "rank 0 of 2" in out and "rank 1 of 2" in out
+    assert "process 0 of 2" in out and "process 1 of 2" in out
     assert "effective batch size 8 examples = 4 per device x 1 accumulation x 2 process(es)" in out
     assert out.count("=== Lab summary ===") == 1 and "effective_batch_size: 8" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
