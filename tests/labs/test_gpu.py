@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(
         not cuda_available(),
         reason="needs a CUDA GPU: run on a GPU machine "
-        "(scripts/gpu_verify.sh); the CPU path is covered by test_unsloth_finetune.py",
+        "(scripts/gpu_verify.sh); the CPU path is covered by test_train_tiny_model.py",
     ),
 ]
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("unsloth", "bitsandbytes")}
