@@ -58,13 +58,20 @@ def build(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def estimate_mb(config, method: str, dtype: str, tokens_per_row: int | None = None) -> float:
+def course_shape(config):
+    """What the memory arithmetic needs to know about the model, counted once on the meta device."""
+    from finetune_lab.config import TrainConfig
+    from finetune_lab.memory import shape_of
+
+    return shape_of(config, TrainConfig().target_modules)
+
+
+def estimate_mb(shape, method: str, dtype: str, tokens_per_row: int | None = None) -> float:
     """The preflight's estimate (every row max_seq_length tokens long), or the same arithmetic at a given length."""
     from finetune_lab.config import TrainConfig
-    from finetune_lab.memory import estimate, shape_of
+    from finetune_lab.memory import estimate
 
     cfg = TrainConfig()
-    shape = shape_of(config, cfg.target_modules)
     length = tokens_per_row or cfg.max_seq_length
     return estimate(shape, method, dtype, cfg.rank, cfg.batch_size, length, True).total_mb
 
@@ -84,7 +91,7 @@ def longest_course_row(tokenizer) -> int:
 def run(model_dir: Path, results: Path) -> None:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model_dir)
+    shape = course_shape(AutoConfig.from_pretrained(model_dir))
     for method, dtype in CASES:
         name = f"{method}-{dtype}"
         env = {**os.environ, "UNSLOTH_COMPILE_DISABLE": "1"}
@@ -126,7 +133,7 @@ def run(model_dir: Path, results: Path) -> None:
                 peak_mb=s["peak_memory_mb"],
                 first_loss=s["first_loss"],
                 last_loss=s["last_loss"],
-                estimate_mb=round(estimate_mb(config, method, dtype)),
+                estimate_mb=round(estimate_mb(shape, method, dtype)),
             )
         print(json.dumps(row), flush=True)
         with results.open("a") as f:
@@ -137,7 +144,7 @@ def table(results: Path) -> str:
     """Needs no GPU: the estimate at the longest row is recomputed here from the same arithmetic."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     config, tokenizer = course_model_config()
-    longest = longest_course_row(tokenizer)
+    shape, longest = course_shape(config), longest_course_row(tokenizer)
     out = [
         f"| method | dtype (as chosen) | steps | training s | ms/step | peak GiB measured | preflight estimate GiB "
         f"(rows of max_seq_length) | estimate at the longest row ({longest} tokens) GiB |",
@@ -147,7 +154,7 @@ def table(results: Path) -> str:
         if r["rc"]:
             out.append(f"| {r['method']} | {r['dtype']} | failed (rc {r['rc']}) | | | | | |")
             continue
-        at_longest = estimate_mb(config, r["method"], r["chosen_dtype"], longest)
+        at_longest = estimate_mb(shape, r["method"], r["chosen_dtype"], longest)
         out.append(
             f"| {r['method']} | {r['chosen_dtype']} ({r['device'].split(' (', 1)[-1][:-1]}) | {r['steps']} | "
             f"{r['train_seconds']} | {r['step_ms']} | {r['peak_mb'] / 1024:.2f} | "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import nbformat
@@ -81,10 +82,11 @@ def main() -> None:
     for path in notebooks():
         nb = nbformat.read(path, as_version=4)
         if args.copies:
+            start = time.perf_counter()
             run(nb, path, quick=False)
             executed_copy(path).parent.mkdir(exist_ok=True)
             nbformat.write(nb, executed_copy(path))
-            print("executed", executed_copy(path).relative_to(REPO))
+            print(f"executed {executed_copy(path).relative_to(REPO)} in {time.perf_counter() - start:.0f} s")
             continue
         if args.execute:
             run(nb, path, quick=True)
