@@ -19,7 +19,6 @@ def compare_ranks(
     overwrite: bool = False,
     eval_data: dict[str, str] | None = None,
     eval_limit: int = 0,
-    max_new_tokens: int = 96,
 ) -> tuple[pd.DataFrame, object]:
     """Train one run per rank (alpha = 2 x rank, so the update scale alpha/r stays the same) and tabulate
     training time, trainable parameters, final and best validation loss and evaluation scores; overlay the
@@ -33,9 +32,7 @@ def compare_ranks(
     for rank in ranks:
         run_cfg = cfg.replace(rank=rank, alpha=2 * rank, run_name=f"{cfg.run_name}-r{rank}")
         # the held-out file (if any) also gives each run its validation loss curve
-        lab = run_lab(
-            run_cfg, overwrite=overwrite, heldout_path=(eval_data or {}).get("held-out"), max_new_tokens=max_new_tokens
-        )
+        lab = run_lab(run_cfg, overwrite=overwrite, heldout_path=(eval_data or {}).get("held-out"))
         histories[f"rank {rank}"] = lab.result.history
         row = {
             "rank": rank,
@@ -48,7 +45,7 @@ def compare_ranks(
             "run": str(lab.run_dir),
         }
         if datasets:
-            table = evaluate_model(lab.model, lab.tokenizer, datasets, api, max_new_tokens, label=f"r{rank}")
+            table = evaluate_model(lab.model, lab.tokenizer, datasets, api, cfg.max_new_tokens, label=f"r{rank}")
             for split, part in table.groupby("split", sort=False):
                 for metric, value in aggregate(part).items():
                     if metric in ("accuracy", "rouge_l", "hallucination_rate"):

@@ -83,6 +83,9 @@ class TrainConfig:
     run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
     wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
     limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
+    max_new_tokens: int = setting(
+        96, "length cap of the before/after test answers (a trained model stops earlier, at its end-of-turn token)"
+    )
     # The validation loss is measured on the held-out file after every epoch (transformers' EarlyStoppingCallback
     # and load_best_model_at_end do the rest). Choosing the epoch by the held-out loss makes the held-out scores
     # a little optimistic: both are off by default.
@@ -150,7 +153,10 @@ class TrainConfig:
 
 # A run of a few steps on a few examples (about 20 s of training on 2 CPU cores), still enough for the
 # model to learn the first prompts: the CLI's --test_mode and the notebooks under FINETUNE_LAB_QUICK=1.
-QUICK_OVERRIDES = dict(limit_examples=16, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128)
+# The base model never stops before the cap, so the answers' cap sets most of a quick run's generation time.
+QUICK_OVERRIDES = dict(
+    limit_examples=16, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128, max_new_tokens=48
+)
 
 
 def quick_config(**overrides) -> TrainConfig:

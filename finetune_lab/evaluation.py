@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .api_check import DEFAULT_API, FENCE, ApiReference, extract_code, hallucinated_calls, load_api
+from .config import TrainConfig
 
 METRICS = ["accuracy", "abstained", "hallucination_rate", "exact_match", "token_f1", "rouge_l", "parses"]
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -269,12 +270,13 @@ def evaluate_checkpoint(
     api_path: str | Path = DEFAULT_API,
     compare_base: bool = True,
     limit: int = 0,
-    max_new_tokens: int = 96,
+    max_new_tokens: int | None = None,
     out_dir: str | Path | None = None,
     wandb: bool = False,
     split_off: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files.
+    """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files, answers capped at
+    max_new_tokens (default: the cap the run's own test answers had).
 
     Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
     folder (or out_dir) and returns (per-example table, summary table). wandb=True also logs the tables and the
@@ -284,6 +286,7 @@ def evaluate_checkpoint(
     from .plots import plot_scores
 
     model, tokenizer, run_config = load_checkpoint(run_dir)
+    max_new_tokens = max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
     api = load_api(api_path)
     datasets = load_splits(data, run_config.get("system_prompt"), limit, split_off)
     tables = []
@@ -304,7 +307,6 @@ def evaluate_checkpoint(
     metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
     plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
     if wandb:
-        from .config import TrainConfig
         from .tracking import log_run_files, wandb_run
 
         cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(run_dir).name}-eval"})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import ConfigError, TrainConfig
 from .embedded import EMBEDDED, ensure_embedded_base
+from .phases import Phases
 from .runtime import choose_dtype, gpu, hub_unreachable_reason, processes
 
 PRESETS = {
@@ -98,6 +99,10 @@ def import_backend(choice: BackendChoice) -> None:
     before them (Unsloth warns, and runs slower, when it comes later)."""
     if choice.backend == "unsloth":
         import unsloth  # noqa: F401
+    # Imported here rather than on first use so that a run's "import libraries" phase holds their whole cost.
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
 
 
 def weights_dtype(choice: BackendChoice) -> str:
@@ -311,12 +316,14 @@ def check_target_modules(model, target_modules, model_name: str) -> None:
         )
 
 
-def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
+def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True, phases: Phases | None = None):
     """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
+    phases = phases or Phases()
+    choice = choose_backend(cfg)
+    with phases("import libraries"):
+        import_backend(choice)
     import torch
 
-    choice = choose_backend(cfg)
-    import_backend(choice)
     if verbose:
         print(f"[finetune_lab] {choice}")
     if use_dense_packed_mask(cfg, choice):
@@ -324,10 +331,12 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True):
         # (slower, same loss); a value the user set wins.
         os.environ.setdefault("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
+    with phases("load model"):
+        model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
     if choice.method != "full":
         check_target_modules(model, cfg.target_modules, cfg.model)
-    model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)
+    with phases("add adapters"):
+        model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)
     return model, tokenizer, choice
 
 

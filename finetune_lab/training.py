@@ -14,6 +14,7 @@ from .config import ConfigError, TrainConfig
 from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
 from .models import BackendChoice, base_fingerprint, for_inference, for_training, load_for_training
+from .phases import Phases
 from .plots import plot_loss
 from .runtime import is_main_process, processes
 
@@ -25,7 +26,7 @@ HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE, LEG_SECONDS_FILE = (
     "train_seconds.json",
 )
 # Settings that may differ when an interrupted run is continued: they change neither the model nor the optimizer.
-RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name")
+RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name", "max_new_tokens")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -294,30 +295,37 @@ def train(
     callbacks=(),
     resume_from: str | Path | None = None,
     validation: Dataset | None = None,
+    phases: Phases | None = None,
 ) -> TrainResult:
     """Fine-tune in place (measuring the loss on `validation` after every epoch); on Ctrl-C save a resumable
     checkpoint in output_dir and raise TrainingInterrupted."""
+    phases = phases or Phases()
     timer = _FirstStepTimer()
     if resume_from is None and is_main_process():  # marks the folder as this run's resumable state (see checkpoints)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / RESUME_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
     clock = _LegClock(Path(output_dir), resume_from is not None)
     for_training(model, choice)
-    trainer = build_trainer(
-        model,
-        tokenizer,
-        dataset,
-        cfg,
-        choice,
-        output_dir,
-        sft_config,
-        [timer.callback, clock.callback, *callbacks],
-        validation,
-    )
+    with phases("build trainer (tokenize)"):
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            dataset,
+            cfg,
+            choice,
+            output_dir,
+            sft_config,
+            [timer.callback, clock.callback, *callbacks],
+            validation,
+        )
     sft_config = trainer.args
     start = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        end = time.perf_counter()
+        first = (timer.at or end) - start
+        phases.add("first step (compile, warm-up)", first)
+        phases.add("training", end - start - first)
     except KeyboardInterrupt:
         trainer._save_checkpoint(trainer.model, None)
         clock.record()
@@ -371,6 +379,9 @@ class LabRun:
     warnings: list[str] = field(default_factory=list)
     model: object = None
     tokenizer: object = None
+    phases: Phases = field(default_factory=Phases)
+    started_at: float | None = None  # time.time() when the process started (the CLI), for wall_seconds
+    wall_seconds: float = float("nan")  # start to saved weights; nan without started_at (a notebook's kernel)
 
     def summary(self) -> dict:
         losses = self.result.losses
@@ -393,6 +404,8 @@ class LabRun:
             "effective_batch_size": self.result.effective_batch_size,
             "checkpoint": str(self.run_dir),
             "loss_curve": str(self.run_dir / CURVE_FILE),
+            "wall_seconds": None if math.isnan(self.wall_seconds) else round(self.wall_seconds, 1),
+            "phase_seconds": self.phases.rounded(),
         }
 
     def print_summary(self) -> None:
@@ -419,6 +432,10 @@ class LabRun:
             "loss_curve",
         ):
             print(f"{key:>22}: {'n/a' if s[key] is None else s[key]}")
+        if self.phases.seconds:
+            wall = None if math.isnan(self.wall_seconds) else self.wall_seconds
+            print("\n--- where the time went (wall seconds; total: process start to saved weights)")
+            print(self.phases.table(wall))
         for warning in self.warnings:
             print(f"   warning: {warning}")
         for i, (prompt, ref, b, a) in enumerate(zip(self.prompts, self.references, self.before, self.after), 1):
@@ -464,8 +481,11 @@ def save_lab_run(lab: LabRun, paths: RunPaths, dataset: Dataset) -> Path:
     from . import tracking
 
     with writing_run(paths, run_record(lab, dataset)) as folder:
-        lab.model.save_pretrained(folder)
-        lab.tokenizer.save_pretrained(folder)
+        with lab.phases("save"):
+            lab.model.save_pretrained(folder)
+            lab.tokenizer.save_pretrained(folder)
+        if lab.started_at is not None:
+            lab.wall_seconds = time.time() - lab.started_at
         write_run_files(folder, lab)
     tracking.log_run_files(paths.run)
     return paths.run
@@ -495,9 +515,10 @@ def run_lab(
     lora_config=None,
     sft_config=None,
     callbacks=(),
-    max_new_tokens: int = 96,
+    started_at: float | None = None,
 ) -> LabRun:
-    """Validate everything, train, save the run folder and return what the summary shows."""
+    """Validate everything, train, save the run folder and return what the summary shows (with the wall time
+    from `started_at`, a time.time() stamp, to the saved weights, when given)."""
     dataset = load_jsonl(cfg.data, cfg.system_prompt)  # every line checked before a model loads
     heldout = load_jsonl(heldout_path, cfg.system_prompt) if heldout_path else None
     paths = RunPaths.of(cfg.output_dir, cfg.run_name)
@@ -506,15 +527,25 @@ def run_lab(
         lock.acquire()
     try:
         return _locked_run(
-            cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, max_new_tokens
+            cfg,
+            paths,
+            dataset,
+            heldout,
+            overwrite,
+            resume,
+            lora_config,
+            sft_config,
+            callbacks,
+            started_at,
         )
     finally:
         lock.release()
 
 
-def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, max_new_tokens):
+def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sft_config, callbacks, started_at):
     from . import tracking
 
+    phases = Phases()
     prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
     if resume:
         changed = resume_differences(read_json(paths.resume / RESUME_CONFIG, "start again with --overwrite"), cfg)
@@ -526,7 +557,7 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
             )
     if cfg.limit_examples:
         dataset.examples = dataset.examples[: cfg.limit_examples]
-    model, tokenizer, choice = load_for_training(cfg, lora_config)
+    model, tokenizer, choice = load_for_training(cfg, lora_config, phases=phases)
     for data in (dataset, heldout):
         if data is not None:
             check_chat_markers(data, tokenizer, cfg.model)
@@ -564,17 +595,33 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
         print(f"[finetune_lab] warning: {warning}")
     prompts, references = pick_test_prompts(dataset, heldout)
     for_inference(model, choice)
-    before = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    with phases("generate before"):
+        before = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
     resume_from = paths.latest_resume_checkpoint() if resume else None
     if not resume and is_main_process():
         shutil.rmtree(paths.resume, ignore_errors=True)  # --overwrite: the stale interrupted state of this run name
     with tracking.wandb_run(cfg, paths.run.parent):
         result = train(
-            model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from, heldout
+            model, tokenizer, dataset, cfg, choice, paths.resume, sft_config, callbacks, resume_from, heldout, phases
         )
         for_inference(model, choice)
-        after = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        lab = LabRun(cfg, choice, result, paths.run, prompts, references, before, after, warnings, model, tokenizer)
+        with phases("generate after"):
+            after = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
+        lab = LabRun(
+            cfg,
+            choice,
+            result,
+            paths.run,
+            prompts,
+            references,
+            before,
+            after,
+            warnings,
+            model,
+            tokenizer,
+            phases,
+            started_at,
+        )
         if is_main_process():  # one writer: the other data-parallel processes hold the same weights
             save_lab_run(lab, paths, dataset)
     return lab

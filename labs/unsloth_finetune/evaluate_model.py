@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--api", default=str(DEFAULT_API), help="the course library's API stub (.pyi)")
     parser.add_argument("--limit", type=int, default=0, help="first N examples of each file only (0: all)")
-    parser.add_argument("--max_new_tokens", type=int, default=96)
+    parser.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="cap on each answer (default: the run's own cap)",
+    )
     parser.add_argument("--no_base", action="store_true", help="skip the base model (adapter off)")
     parser.add_argument(
         "--wandb", action="store_true", help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)"

@@ -89,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None
     try:
         cfg = config_from_args(args)
+        from finetune_lab.phases import process_start_time
         from finetune_lab.training import TrainingInterrupted, run_lab
 
         try:
-            lab = run_lab(cfg, overwrite=args.overwrite, resume=args.resume, heldout_path=args.heldout or None)
+            lab = run_lab(
+                cfg,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                heldout_path=args.heldout or None,
+                started_at=process_start_time(),
+            )
         except TrainingInterrupted as stop:
             print(f"\n{stop}", file=sys.stderr)
             return 130

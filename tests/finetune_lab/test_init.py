@@ -18,6 +18,7 @@ LIGHT = [
     "finetune_lab.doctor",
     "finetune_lab.install_gpu",
     "finetune_lab.tracking",
+    "finetune_lab.phases",
 ]
 
 

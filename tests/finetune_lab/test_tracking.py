@@ -21,9 +21,10 @@ def test_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch, base_model
         run_name="wb",
         limit_examples=8,
         max_steps=4,
+        max_new_tokens=8,
         wandb=True,
     )
-    lab = run_lab(cfg, max_new_tokens=8)
+    lab = run_lab(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]
     files = runs[0] / "files"

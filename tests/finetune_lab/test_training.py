@@ -111,7 +111,7 @@ def test_padding_free_and_packed_batches_keep_examples_apart_so_the_loss_is_the_
 
 
 def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path, base_model_dir):
-    lab = run_lab(short_config(tmp_path, "packed", packing=True, max_seq_length=256), max_new_tokens=16)
+    lab = run_lab(short_config(tmp_path, "packed", packing=True, max_seq_length=256, max_new_tokens=16))
     # 8 examples packed into 256-token rows fill one batch of 4 rows: one step per epoch instead of two.
     assert lab.result.history[0]["epoch"] == 1 and lab.result.steps == 6
     assert lab.result.losses[-1] < lab.result.losses[0] / 2
@@ -134,7 +134,7 @@ def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, base_model_dir):
     tmp = tmp_path_factory.mktemp("runs")
-    return run_lab(short_config(tmp, "straight"), max_new_tokens=16)
+    return run_lab(short_config(tmp, "straight", max_new_tokens=16))
 
 
 # The loss history of short_config's run (8 course examples, 6 steps, seed 42) with torch 2.13.0 CPU,
@@ -154,12 +154,6 @@ def test_the_loss_history_of_a_short_cpu_run_is_pinned(uninterrupted):
     assert uninterrupted.result.losses == pytest.approx(PINNED_LOSSES, rel=1e-4)
 
 
-def test_same_seed_data_and_config_give_the_same_loss_history_on_cpu(tmp_path, uninterrupted):
-    again = run_lab(short_config(tmp_path, "again"), max_new_tokens=16)
-    assert again.result.losses == uninterrupted.result.losses
-    assert len(again.result.losses) == 6 and again.result.losses[-1] < again.result.losses[0]
-
-
 class CtrlCAfter(TrainerCallback):
     """Deliver KeyboardInterrupt as the step after `step` begins, as Ctrl-C in the middle of a run would."""
 
@@ -172,9 +166,9 @@ class CtrlCAfter(TrainerCallback):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_path, uninterrupted):
-    cfg = short_config(tmp_path, "cut")
+    cfg = short_config(tmp_path, "cut", max_new_tokens=16)
     with pytest.raises(TrainingInterrupted, match="step 3.*--resume"):
-        run_lab(cfg, callbacks=[CtrlCAfter(3)], max_new_tokens=16)
+        run_lab(cfg, callbacks=[CtrlCAfter(3)])
     assert not (tmp_path / "cut").exists()
     assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
     first_leg = json.loads((tmp_path / "cut.resume" / "train_seconds.json").read_text())["train_seconds"]
@@ -184,8 +178,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
         (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(named) + ".*pass --overwrite"):
-            run_lab(cfg.replace(**change), resume=True, max_new_tokens=16)
-    resumed = run_lab(cfg.replace(save_steps=50), resume=True, max_new_tokens=16)  # a safe change is allowed
+            run_lab(cfg.replace(**change), resume=True)
+    resumed = run_lab(cfg.replace(save_steps=50), resume=True)  # a safe change is allowed
     assert resumed.result.steps == 6
     assert resumed.result.seconds > first_leg  # the summary's time covers both legs
     assert json.loads((tmp_path / "cut" / "run_config.json").read_text())["learning_rate"] == cfg.learning_rate
@@ -200,7 +194,7 @@ def test_too_long_examples_are_counted_and_reported_as_truncated(tmp_path, base_
     rows[1]["output"] = "\n".join(f"garden.water(bed={i % 4 + 1}, liters={i})" for i in range(40))
     data = tmp_path / "long.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    lab = run_lab(short_config(tmp_path, "long", data=str(data), max_steps=1), max_new_tokens=4)
+    lab = run_lab(short_config(tmp_path, "long", data=str(data), max_steps=1, max_new_tokens=4))
     message = "1 example(s) exceed max_seq_length=128 tokens and are truncated (their end is cut)"
     assert message in capsys.readouterr().out and message in " ".join(lab.warnings)
 
@@ -209,7 +203,7 @@ def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_mo
     from finetune_lab.checkpoints import load_checkpoint
     from finetune_lab.generation import generate
 
-    lab = run_lab(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2), max_new_tokens=16)
+    lab = run_lab(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2, max_new_tokens=16))
     assert lab.result.trainable_params == lab.result.total_params
     assert (tmp_path / "full" / "model.safetensors").exists() and not (
         tmp_path / "full" / "adapter_config.json"
@@ -220,7 +214,7 @@ def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_mo
 
 
 def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path, base_model_dir):
-    lab = run_lab(short_config(tmp_path, "big", batch_size=1000, max_steps=1), max_new_tokens=4)
+    lab = run_lab(short_config(tmp_path, "big", batch_size=1000, max_steps=1, max_new_tokens=4))
     assert lab.result.effective_batch_size == 8  # short_config trains on 8 examples
     assert "batch_size 1000 x 1 process(es) is more than the 8 examples" in " ".join(lab.warnings)
     assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 8

@@ -63,7 +63,7 @@ def test_reloading_the_run_folder_alone_gives_token_identical_answers(trained_ru
     samples = json.loads((trained_run / "samples.json").read_text())
     model, tokenizer, run_config = load_checkpoint(trained_run, device="cpu")
     assert run_config["model"] == "smollm2-135m"
-    answers = generate(model, tokenizer, [s["messages"] for s in samples], max_new_tokens=96)
+    answers = generate(model, tokenizer, [s["messages"] for s in samples], max_new_tokens=run_config["max_new_tokens"])
     assert answers == [s["after"] for s in samples]
 
 
@@ -104,6 +104,8 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
             "--test_mode",
             "--max_steps",
             "4",
+            "--max_new_tokens",
+            "8",
             "--output_dir",
             str(tmp_path),
             "--run_name",
@@ -132,7 +134,9 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
 def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_finishes(tmp_path):
     import time
 
-    first = start_cli("--test_mode", "--max_steps", "4", "--output_dir", str(tmp_path), "--run_name", "same")
+    first = start_cli(
+        "--test_mode", "--max_steps", "4", "--max_new_tokens", "8", "--output_dir", str(tmp_path), "--run_name", "same"
+    )
     try:
         lock = tmp_path / "same.lock"
         for _ in range(600):

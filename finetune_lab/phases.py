@@ -1,0 +1,49 @@
+"""Where a run's wall time goes: a clock that times named phases (imports, loading, generation, training, saving).
+
+The CLI's summary, the notebook and bench/course_run.py print it, so a student sees what is training and what is
+not. Light: no torch import.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+
+def process_start_time() -> float:
+    """When this Python process started (time.time() scale): the CLI's clock starts there, imports included."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+class Phases:
+    """Wall seconds of each named phase, in the order they first ran; a phase that runs twice adds up."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def rounded(self) -> dict[str, float]:
+        return {name: round(s, 2) for name, s in self.seconds.items()}
+
+    def table(self, wall: float | None = None) -> str:
+        """One line per phase with its share of `wall` (default: the phases' sum), then what no phase covers."""
+        total = sum(self.seconds.values())
+        wall = total if wall is None else wall
+        rows = [(name, s) for name, s in self.seconds.items()]
+        if wall - total > 0.05:
+            rows.append(("other (start-up, checks)", wall - total))
+        width = max(len(name) for name, _ in rows) if rows else 0
+        lines = [f"{name:>{width}}  {s:7.1f} s  {s / wall:6.1%}" for name, s in rows]
+        return "\n".join([*lines, f"{'total':>{width}}  {wall:7.1f} s"])
