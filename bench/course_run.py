@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""The course run on a GPU, end to end: where the wall time goes (phase by phase) for each backend, LoRA and QLoRA,
+Unsloth's compile on and off, padded and packed; and a sweep of batch x sequence sizes that shows where Unsloth's
+kernels start to pay.
+
+Who it is for: maintainers deciding the lab's default GPU path, and Module 04's "when does Unsloth accelerate?".
+Needs a CUDA GPU and the GPU stack (requirements-gpu.txt); the hub is not needed. From the repository root:
+    python bench/course_precision.py build DIR                    # TinyLlama-1.1B shape, random weights
+    python bench/course_run.py run DIR OUT.jsonl [CASE ...]       # the CLI's default course run per case, each in
+                                                                  # its own process, cases interleaved (a b b a)
+    python bench/course_run.py sweep DIR OUT.jsonl                # steps at 1x128 ... 8x1024 tokens per backend
+    python bench/course_run.py table OUT.jsonl [PLOT.png]         # the tables (and the sweep's plot); no GPU
+Wall time is measured around the CLI's process (start-up and imports to exit); the phases come from the run's
+summary.json (finetune_lab.phases). With random weights the model never learns to stop, so both generation
+phases always run to the answers' cap (96 tokens): a real model that learned the course answers stops earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CLI = REPO / "labs/unsloth_finetune/train_tiny_model.py"
+
+# case: (CLI flags, environment). "compile": Unsloth's compiler of the model code (UNSLOTH_COMPILE_DISABLE=0/1).
+CASES = {
+    "unsloth-lora-compile": (["--backend", "unsloth"], {"UNSLOTH_COMPILE_DISABLE": "0"}),
+    "unsloth-lora-nocompile": (["--backend", "unsloth"], {"UNSLOTH_COMPILE_DISABLE": "1"}),
+    "transformers-lora": (["--backend", "transformers"], {}),
+    "unsloth-lora-nocompile-packed": (["--backend", "unsloth", "--packing"], {"UNSLOTH_COMPILE_DISABLE": "1"}),
+    "transformers-lora-packed": (["--backend", "transformers", "--packing"], {}),
+    "unsloth-qlora-compile": (["--backend", "unsloth", "--method", "qlora"], {"UNSLOTH_COMPILE_DISABLE": "0"}),
+    "unsloth-qlora-nocompile": (["--backend", "unsloth", "--method", "qlora"], {"UNSLOTH_COMPILE_DISABLE": "1"}),
+    "transformers-qlora": (["--backend", "transformers", "--method", "qlora"], {}),
+}
+SIZES = [(1, 128), (8, 128), (8, 256), (8, 512), (8, 1024)]
+SWEEP_MODES = {  # bench/lora_speed.py's raw training loops, in one process per mode
+    "transformers": ("hf-lora", {}),
+    "unsloth-compile": ("us-lora", {"UNSLOTH_COMPILE_DISABLE": "0"}),
+    "unsloth-nocompile": ("us-lora", {"UNSLOTH_COMPILE_DISABLE": "1"}),
+}
+
+
+def append(results: Path, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run(model_dir: Path, results: Path, cases: list[str], repeats: int = 2) -> None:
+    runs = results.parent / "runs"
+    for repeat in range(repeats):
+        for case in cases if repeat % 2 == 0 else reversed(cases):
+            flags, env = CASES[case]
+            name = f"{case}-{repeat}"
+            command = [sys.executable, str(CLI), "--model", str(model_dir), *flags]
+            command += ["--output_dir", str(runs), "--run_name", name, "--overwrite"]
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, **env})
+            wall = time.perf_counter() - start
+            (results.parent / f"{name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
+            row = {"kind": "course", "case": case, "repeat": repeat, "rc": done.returncode, "wall_s": round(wall, 1)}
+            summary = runs / name / "summary.json"
+            if done.returncode == 0 and summary.exists():
+                s = json.loads(summary.read_text())
+                row.update(
+                    {k: s[k] for k in ("backend", "method", "dtype", "steps", "train_seconds", "peak_memory_mb")},
+                    phases=s["phase_seconds"],
+                    saved_s=s["wall_seconds"],
+                )
+            append(results, row)
+
+
+def sweep_one(mode: str, model_dir: Path, results: Path) -> None:
+    """One process: the model loaded once, then a few timed steps at each size (random tokens, labels = inputs)."""
+    import torch
+
+    os.environ["SEQ"] = str(max(seq for _, seq in SIZES))  # Unsloth's max_seq_length in lora_speed.raw_model
+    sys.path.insert(0, str(REPO / "bench"))
+    import lora_speed
+
+    case, _ = SWEEP_MODES[mode]
+    start = time.perf_counter()
+    model = lora_speed.raw_model(case, str(model_dir))
+    model.train()
+    load_s = time.perf_counter() - start
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
+    vocab = model.config.vocab_size
+    for batch, seq in SIZES:
+        ids = torch.randint(3, vocab, (batch, seq), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        times = []
+        for step in range(3 + 8):  # 3 warm-up steps (first-call compiles and autotuning), 8 timed
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            if step >= 3:
+                times.append(time.perf_counter() - t)
+        step_s = statistics.median(times)
+        append(
+            results,
+            {
+                "kind": "sweep",
+                "mode": mode,
+                "batch": batch,
+                "seq": seq,
+                "step_ms": round(1000 * step_s, 2),
+                "tokens_per_s": round(batch * seq / step_s),
+                "load_s": round(load_s, 1),
+            },
+        )
+
+
+def sweep(model_dir: Path, results: Path) -> None:
+    for mode, (_, env) in SWEEP_MODES.items():
+        done = subprocess.run(
+            [sys.executable, __file__, "sweep-one", mode, str(model_dir), str(results)],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            append(results, {"kind": "sweep", "mode": mode, "rc": done.returncode, "error": done.stderr[-2000:]})
+
+
+def course_table(rows: list[dict]) -> str:
+    ok = [r for r in rows if r.get("kind") == "course" and r["rc"] == 0]
+    failed = [r for r in rows if r.get("kind") == "course" and r["rc"] != 0]
+    cases = list(dict.fromkeys(r["case"] for r in ok))
+    phases = list(dict.fromkeys(p for r in ok for p in r["phases"]))
+
+    def median(case, key):
+        values = [r[key] if key in r else r["phases"].get(key, 0.0) for r in ok if r["case"] == case]
+        return statistics.median(values)
+
+    base = {m: median(f"transformers-{m}", "wall_s") for m in ("lora", "qlora") if f"transformers-{m}" in cases}
+    out = [
+        "| case | runs | wall s (each) | vs transformers+PEFT | " + " | ".join(phases) + " | steps | peak GiB |",
+        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in phases) + " | ---: | ---: |",
+    ]
+    for case in cases:
+        mine = [r for r in ok if r["case"] == case]
+        method = mine[0]["method"]
+        ratio = f"{median(case, 'wall_s') / base[method]:.2f}x" if method in base else "n/a"
+        cells = " | ".join(f"{median(case, p):.1f}" for p in phases)
+        out.append(
+            f"| {case} | {len(mine)} | {median(case, 'wall_s'):.1f} ({' / '.join(str(r['wall_s']) for r in mine)}) | "
+            f"{ratio} | {cells} | {mine[0]['steps']} | {median(case, 'peak_memory_mb') / 1024:.2f} |"
+        )
+    for r in failed:
+        out.append(f"| {r['case']} (repeat {r['repeat']}) | failed (rc {r['rc']}) | | | |")
+    return "\n".join(out)
+
+
+def sweep_table(rows: list[dict], plot: Path | None) -> str:
+    ok = [r for r in rows if r.get("kind") == "sweep" and "rc" not in r]
+    modes = list(dict.fromkeys(r["mode"] for r in ok))
+    sizes = list(dict.fromkeys((r["batch"], r["seq"]) for r in ok))
+    speed = {(r["mode"], r["batch"], r["seq"]): r["tokens_per_s"] for r in ok}
+    others = [m for m in modes if m != "transformers"]
+    out = [
+        "| batch x seq | "
+        + " | ".join(f"{m} tokens/s" for m in modes)
+        + " | "
+        + " | ".join(f"{m} vs transformers" for m in others)
+        + " |",
+        "| --- | " + " | ".join("---:" for _ in modes + others) + " |",
+    ]
+    for b, s in sizes:
+        base = speed.get(("transformers", b, s))
+        ratios = [f"{speed[(m, b, s)] / base:.2f}x" if base and (m, b, s) in speed else "n/a" for m in others]
+        out.append(
+            f"| {b} x {s} | "
+            + " | ".join(f"{speed.get((m, b, s), float('nan')):,.0f}" for m in modes)
+            + " | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    for r in (r for r in rows if r.get("kind") == "sweep" and "rc" in r):
+        out.append(f"| {r['mode']}: failed (rc {r['rc']}) | |")
+    if plot and ok:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        labels = [f"{b}x{s}" for b, s in sizes]
+        for m in modes:
+            ax.plot(labels, [speed.get((m, b, s), float("nan")) for b, s in sizes], marker="o", label=m)
+        ax.set(xlabel="batch x sequence length (tokens per step)", ylabel="tokens / s", yscale="log")
+        ax.set_title("LoRA training speed by batch size (TinyLlama-1.1B shape, one GPU)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=120)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    verb, *args = sys.argv[1:] or ["help"]
+    if verb == "run":
+        run(Path(args[0]), Path(args[1]), args[2:] or list(CASES))
+    elif verb == "sweep":
+        sweep(Path(args[0]), Path(args[1]))
+    elif verb == "sweep-one":
+        sweep_one(args[0], Path(args[1]), Path(args[2]))
+    elif verb == "table":
+        rows = [json.loads(line) for line in Path(args[0]).read_text().splitlines() if line.strip()]
+        print(course_table(rows) + "\n\n" + sweep_table(rows, Path(args[1]) if len(args) > 1 else None))
+    else:
+        sys.exit(__doc__)
