@@ -145,7 +145,9 @@ def course_table(rows: list[dict]) -> str:
 
     base = {m: median(f"transformers-{m}", "wall_s") for m in ("lora", "qlora") if f"transformers-{m}" in cases}
     out = [
-        "| case | runs | wall s (each) | vs transformers+PEFT | " + " | ".join(phases) + " | steps | peak GiB |",
+        "| case | runs | wall s (each) | wall vs transformers+PEFT (lower: faster) | "
+        + " | ".join(phases)
+        + " | steps | peak GiB |",
         "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in phases) + " | ---: | ---: |",
     ]
     for case in cases:
@@ -199,7 +201,7 @@ def sweep_table(rows: list[dict], plot: Path | None) -> str:
         for m in modes:
             ax.plot(labels, [speed.get((m, b, s), float("nan")) for b, s in sizes], marker="o", label=m)
         ax.set(xlabel="batch x sequence length (tokens per step)", ylabel="tokens / s", yscale="log")
-        ax.set_title("LoRA training speed by batch size (TinyLlama-1.1B shape, one GPU)")
+        ax.set_title("LoRA step speed, TinyLlama-1.1B shape, one GPU")
         ax.legend()
         fig.tight_layout()
         fig.savefig(plot, dpi=120)

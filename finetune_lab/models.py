@@ -98,6 +98,11 @@ def import_backend(choice: BackendChoice) -> None:
     """Import Unsloth now when it will train: it patches transformers, TRL and PEFT at import, so it must come
     before them (Unsloth warns, and runs slower, when it comes later)."""
     if choice.backend == "unsloth":
+        # Unsloth's compiler of the model code costs ~20 s before the first step and did not make the course run's
+        # steps faster; per step it gains 10-25% at 8 x 1024 tokens, which repays it after ~1,000 such steps
+        # (bench/results/course-run-h200-2026-11-29.md). Off unless you set UNSLOTH_COMPILE_DISABLE=0; Unsloth
+        # reads it once, at import.
+        os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
         import unsloth  # noqa: F401
     # Imported here rather than on first use so that a run's "import libraries" phase holds their whole cost.
     import peft  # noqa: F401
