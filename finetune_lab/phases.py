@@ -22,6 +22,24 @@ class Phases:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._cell_start = time.perf_counter()
+
+    def watch_cells(self) -> Phases:
+        """In a notebook: note when each cell starts running, so that `cell_done` times the cell that calls it (and
+        not the minutes you spend reading between cells)."""
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.events.register("pre_run_cell", self._cell_started)
+        return self
+
+    def _cell_started(self, info=None) -> None:
+        self._cell_start = time.perf_counter()
+
+    def cell_done(self, name: str) -> None:
+        """Add the running cell's time so far as phase `name`."""
+        self.add(name, time.perf_counter() - self._cell_start)
 
     @contextmanager
     def __call__(self, name: str):

@@ -13,7 +13,8 @@ code cells are the sources' code cells.
 Who it is for: anyone who edits a notebook. How to run, from the repository root:
     python scripts/clean_notebooks.py             # strip in place
     python scripts/clean_notebooks.py --execute   # run each notebook first (FINETUNE_LAB_QUICK=1), then strip
-    python scripts/clean_notebooks.py --copies    # regenerate the executed copies (full runs, ~30 min on 2 cores)
+    python scripts/clean_notebooks.py --copies    # regenerate the executed copies (full runs, ~45 min on 2 cores)
+    python scripts/clean_notebooks.py --copies solutions   # only the notebooks named (without .ipynb)
 """
 
 from __future__ import annotations
@@ -78,8 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--execute", action="store_true", help="run the notebooks (quick mode) before cleaning")
     parser.add_argument("--copies", action="store_true", help="write the executed copies (full runs) instead")
+    parser.add_argument("names", nargs="*", help="only these notebooks (default: all), e.g. train_model")
     args = parser.parse_args()
     for path in notebooks():
+        if args.names and path.stem not in args.names:
+            continue
         nb = nbformat.read(path, as_version=4)
         if args.copies:
             start = time.perf_counter()

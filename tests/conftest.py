@@ -36,5 +36,5 @@ def trained_run(tmp_path_factory, base_model_dir) -> Path:
 def pytest_collection_modifyitems(items):
     """nbval runs train_model.ipynb before evaluate_model.ipynb, in a student's order: the evaluation then scores
     the run the training notebook saved instead of training one of its own. Other tests keep their order."""
-    notebooks = {"train_model.ipynb": 1, "evaluate_model.ipynb": 2}
+    notebooks = {"train_model.ipynb": 1, "evaluate_model.ipynb": 2, "solutions.ipynb": 3}
     items.sort(key=lambda item: notebooks.get(item.path.name, 0))

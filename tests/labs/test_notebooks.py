@@ -13,7 +13,12 @@ from helpers import MARKER, REPO, TRAIN_NOTEBOOK, checked_output
 NOTEBOOKS = sorted(p for p in (REPO / "labs").rglob("*.ipynb") if p.parent.name != "executed")
 REPO_URL = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 SLUG = REPO_URL.removeprefix("https://github.com/")
-TWINS = {"train_model.ipynb": "train_tiny_model.py", "evaluate_model.ipynb": "evaluate_model.py"}
+# solutions.ipynb solves the exercises with the script twin's orchestration (run_lab) and names each CLI command.
+TWINS = {
+    "train_model.ipynb": "train_tiny_model.py",
+    "evaluate_model.ipynb": "evaluate_model.py",
+    "solutions.ipynb": "train_tiny_model.py",
+}
 MACHINE_NOISE = re.compile(r"/tmp/|/root/|/home/|\d+\.\d+ ?s\b|it/s")
 
 
