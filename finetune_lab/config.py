@@ -151,8 +151,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# A run of a few steps on a few examples (about 20 s of training on 2 CPU cores), still enough for the
-# model to learn the first prompts: the CLI's --test_mode and the notebooks under FINETUNE_LAB_QUICK=1.
+# A run of a few steps on a few examples, the shortest that still teaches the model its first prompts (the tests
+# check that it did): the CLI's --test_mode and the notebooks under FINETUNE_LAB_QUICK=1.
 # The base model never stops before the cap, so the answers' cap sets most of a quick run's generation time.
 QUICK_OVERRIDES = dict(
     limit_examples=16, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128, max_new_tokens=48

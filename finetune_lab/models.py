@@ -98,10 +98,9 @@ def import_backend(choice: BackendChoice) -> None:
     """Import Unsloth now when it will train: it patches transformers, TRL and PEFT at import, so it must come
     before them (Unsloth warns, and runs slower, when it comes later)."""
     if choice.backend == "unsloth":
-        # Unsloth's compiler of the model code costs ~20 s before the first step and did not make the course run's
-        # steps faster; per step it gains 10-25% at 8 x 1024 tokens, which repays it after ~1,000 such steps
-        # (bench/results/course-run-h200-2026-11-29.md). Off unless you set UNSLOTH_COMPILE_DISABLE=0; Unsloth
-        # reads it once, at import.
+        # Unsloth's compiler of the model code delays the first step by a fixed cost that only long runs of long
+        # rows repay; the course run never did (bench/results/course-run-h200-2026-11-29.md). Off unless you set
+        # UNSLOTH_COMPILE_DISABLE=0; Unsloth reads it once, at import.
         os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
         import unsloth  # noqa: F401
     # Imported here rather than on first use so that a run's "import libraries" phase holds their whole cost.
@@ -119,10 +118,10 @@ def weights_dtype(choice: BackendChoice) -> str:
 
 
 # Unsloth attends over a packed row with torch's varlen kernel where torch has one for grouped-query
-# attention (2.12+); on older torch it runs attention once per example in the row, ~30 small calls per layer for
-# the course's short examples, which made packing slower than padding on an H200 (0.94x). One dense block-diagonal
-# mask per row instead ran 2.47x the padded batches' real tokens/s (bench/results/h200x2-2026-11-28.md), at a cost
-# of heads x tokens^2 per layer, so it is used only while a batch holds at most this many tokens. Not for
+# attention (2.12+); on older torch it runs attention once per example in the row, dozens of small calls per layer
+# for the course's short examples, which made packing slower than padding. One dense block-diagonal mask per row
+# is much faster there (bench/results/h200x2-2026-11-28.md), at a cost of heads x tokens^2 per layer, so it is used
+# only while a batch holds at most this many tokens. Not for
 # padding-free batches without packing: they keep long examples whole, so their size has no such bound.
 DENSE_PACKED_MASK_MAX_TOKENS = 4096
 
