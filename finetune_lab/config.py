@@ -46,8 +46,8 @@ class TrainConfig:
     rank: int = setting(16, "LoRA rank r: capacity of the adapter (16 or 32 in this lab)")
     alpha: int = setting(32, "LoRA alpha: the update is scaled by alpha/r")
     dropout: float = setting(0.0, "dropout on the adapter's input")
-    # All seven linear projections of a Llama block: adapting all of them trains ~2x the parameters of
-    # attention-only LoRA, and is what Unsloth and QLoRA recommend for the best quality per parameter.
+    # All seven linear projections of a Llama block: adapting all of them trains several times the parameters of
+    # LoRA on the attention projections alone, and is what Unsloth and QLoRA recommend for quality per parameter.
     target_modules: tuple[str, ...] = setting(ALL_LINEAR, "linear layers that get LoRA")
     epochs: float = setting(8.0, "passes over the data (ignored when --max_steps > 0)")
     batch_size: int = setting(8, "examples per device per step")
