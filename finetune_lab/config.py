@@ -83,6 +83,9 @@ class TrainConfig:
     run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
     wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
     limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
+    limit_heldout: int = setting(
+        0, "> 0 measures the validation loss on the first N held-out examples only (quick runs)"
+    )
     max_new_tokens: int = setting(
         96, "length cap of the before/after test answers (a trained model stops earlier, at its end-of-turn token)"
     )
@@ -155,7 +158,7 @@ class TrainConfig:
 # check that it did): the CLI's --test_mode and the notebooks under FINETUNE_LAB_QUICK=1.
 # The base model never stops before the cap, so the answers' cap sets most of a quick run's generation time.
 QUICK_OVERRIDES = dict(
-    limit_examples=16, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128, max_new_tokens=48
+    limit_examples=16, limit_heldout=4, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128, max_new_tokens=48
 )
 
 

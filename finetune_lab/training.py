@@ -557,6 +557,8 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
             )
     if cfg.limit_examples:
         dataset.examples = dataset.examples[: cfg.limit_examples]
+    if cfg.limit_heldout and heldout is not None:
+        heldout.examples = heldout.examples[: cfg.limit_heldout]
     model, tokenizer, choice = load_for_training(cfg, lora_config, phases=phases)
     for data in (dataset, heldout):
         if data is not None:
