@@ -68,7 +68,7 @@ def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
     kind = "a file" if not path.is_dir() else f"a folder without {marker}"
     return ConfigError(
         f"{path} is {kind}, not {what} of this lab; the lab replaces only its own runs, so nothing "
-        "was touched. Choose another --run_name or --output_dir"
+        "was touched. Choose another run_name or output_dir (--run_name, --output_dir)"
     )
 
 

@@ -72,12 +72,12 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if cfg.method == "qlora" and not cuda:
         raise ConfigError(
             "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
-            "Use --method lora on a CPU, or run on a GPU / Colab."
+            'Use method="lora" (--method lora) on a CPU, or run on a GPU / Colab.'
         )
     if cfg.backend == "unsloth" and not (cuda and unsloth_installed()):
         raise ConfigError(
             "the unsloth backend needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
-            "use --backend transformers (or auto) here."
+            'use backend="transformers" (--backend transformers) or "auto" here.'
         )
     if cfg.method == "qlora" and cfg.backend != "unsloth" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("QLoRA with the transformers backend needs bitsandbytes: pip install -r requirements-gpu.txt")

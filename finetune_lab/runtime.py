@@ -103,13 +103,14 @@ def choose_dtype(requested: str, card: Gpu | None) -> str:
         return native_dtype(card.capability if card else None)
     if card is None and requested != "float32":
         raise ConfigError(
-            f"{requested} training needs a CUDA GPU; on a CPU the lab trains in float32. Use --dtype auto (or float32)"
+            f"{requested} training needs a CUDA GPU; on a CPU the lab trains in float32. "
+            'Use dtype="auto" (--dtype auto) or "float32"'
         )
     if card is not None and requested == "bfloat16" and not card.native_bf16:
         major, minor = card.capability
         raise ConfigError(
             f"{card.name} (compute capability {major}.{minor}) has no native bfloat16: the trainer "
-            "refuses it and emulation would be slow. Use --dtype float16 (or auto, which picks it)"
+            'refuses it and emulation would be slow. Use dtype="float16" (--dtype float16) or "auto", which picks it'
         )
     return requested
 

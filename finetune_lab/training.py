@@ -581,7 +581,7 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
     if too_long == len(dataset):
         raise ConfigError(
             f"every example of {cfg.data} is longer than max_seq_length={cfg.max_seq_length} tokens, "
-            "so every answer would be cut short or lost; raise --max_seq_length"
+            "so every answer would be cut short or lost; raise max_seq_length (--max_seq_length)"
         )
     if too_long:
         fate = (
@@ -591,7 +591,7 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
         )
         warnings.append(
             f"{too_long} example(s) exceed max_seq_length={cfg.max_seq_length} tokens and are {fate}; "
-            "raise --max_seq_length to cover them"
+            "raise max_seq_length (--max_seq_length) to cover them"
         )
     for warning in warnings:
         print(f"[finetune_lab] warning: {warning}")
