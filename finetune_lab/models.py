@@ -121,8 +121,8 @@ def weights_dtype(choice: BackendChoice) -> str:
 # attention (2.12+); on older torch it runs attention once per example in the row, dozens of small calls per layer
 # for the course's short examples, which made packing slower than padding. One dense block-diagonal mask per row
 # is much faster there (bench/results/h200x2-2026-11-28.md), at a cost of heads x tokens^2 per layer, so it is used
-# only while a batch holds at most this many tokens. Not for
-# padding-free batches without packing: they keep long examples whole, so their size has no such bound.
+# only while a batch holds at most this many tokens. Not for padding-free batches without packing: they keep long
+# examples whole, so their size has no such bound.
 DENSE_PACKED_MASK_MAX_TOKENS = 4096
 
 

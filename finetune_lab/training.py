@@ -323,9 +323,6 @@ def train(
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         end = time.perf_counter()
-        first = (timer.at or end) - start
-        phases.add("first step (compile, warm-up)", first)
-        phases.add("training", end - start - first)
     except KeyboardInterrupt:
         trainer._save_checkpoint(trainer.model, None)
         clock.record()
@@ -334,6 +331,9 @@ def train(
             f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
             f"{where}. Run the same command with --resume to continue."
         ) from None
+    first_step_at = timer.at or end  # no step ran (nothing left to train after a resume): no first step either
+    phases.add("first step (compile, warm-up)", first_step_at - start)
+    phases.add("training", end - first_step_at)
     return result_of(trainer, cfg, clock.total, (timer.at - start) if timer.at else float("nan"))
 
 
