@@ -235,13 +235,17 @@ def writing_run(paths: RunPaths, run_config: dict):
     clean_stale_staging(paths.run.parent)
     staging = _staging(paths.run)
     yield staging
+    from .model_card import hub_id, write_model_card
+
     adapter_config = staging / "adapter_config.json"
     if adapter_config.exists():
-        # Resolved again by load_checkpoint: a preset name, hub id or folder, not this machine's cache path.
+        # For stock tools (AutoPeftModelForCausalLM): the hub id, not a lab preset name or this machine's cache
+        # path. The lab's own load_checkpoint resolves run_config.json's model instead, offline.
         values = json.loads(adapter_config.read_text())
-        values["base_model_name_or_path"] = run_config["model"]
+        values["base_model_name_or_path"] = hub_id(run_config["model"])
         adapter_config.write_text(json.dumps(values, indent=2))
     (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
+    write_model_card(staging)  # replaces PEFT's empty template
     publish(staging, paths.run)
     shutil.rmtree(paths.resume, ignore_errors=True)
 

