@@ -14,11 +14,13 @@ TORCH_PIN   := $(shell grep -E '^torch==' requirements.txt | cut -d' ' -f1)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt requirements-export.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PIN))
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@echo "installing llama-cpp-python for the export: built from source the first time (about 8 minutes on 2 cores)"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements-export.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

@@ -340,18 +340,3 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     if "quantization_config" not in kwargs:
         model = model.to(device)
     return model.eval(), tokenizer, run_config
-
-
-def export_merged(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fold the adapter into the base weights and save a plain transformers model folder."""
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise CheckpointError(f"{out_dir} already exists; choose a new folder for the merged model")
-    model, tokenizer, _ = load_checkpoint(run_dir, device="cpu")
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    staging = _staging(out_dir)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    publish(staging, out_dir)
-    return out_dir

@@ -31,6 +31,7 @@ from .checkpoints import (
     read_json,
     read_run_config,
 )
+from .phases import Phases
 from .runtime import cache_dir
 
 EXPORT = "export"
@@ -174,7 +175,9 @@ def as_byte_level_bpe(tokenizer_json: Path) -> None:
     from tokenizers import Tokenizer, decoders, pre_tokenizers
 
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    if getattr(tokenizer.model, "byte_fallback", False) and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel):
+    if getattr(tokenizer.model, "byte_fallback", False) and isinstance(
+        tokenizer.pre_tokenizer, pre_tokenizers.ByteLevel
+    ):
         tokenizer.model.byte_fallback = False
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.save(str(tokenizer_json))
@@ -230,7 +233,11 @@ def llama_cpp_answers(llm, prompts: list[list[dict]], max_new_tokens: int) -> li
         out = llm.create_chat_completion(messages=messages, temperature=0.0, max_tokens=max_new_tokens)
         choice = out["choices"][0]
         answers.append(
-            Answer(choice["message"]["content"].strip(), out["usage"]["completion_tokens"], choice["finish_reason"] == "stop")
+            Answer(
+                choice["message"]["content"].strip(),
+                out["usage"]["completion_tokens"],
+                choice["finish_reason"] == "stop",
+            )
         )
     return answers
 
@@ -277,7 +284,9 @@ def converter_script() -> Path:
     sdist = wheels / f"llama_cpp_python-{version}.tar.gz"
     if not sdist.exists():
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
-        done = subprocess.run([*cmd, f"{LLAMA_CPP_PACKAGE}=={version}", "-d", str(wheels)], capture_output=True, text=True)
+        done = subprocess.run(
+            [*cmd, f"{LLAMA_CPP_PACKAGE}=={version}", "-d", str(wheels)], capture_output=True, text=True
+        )
         if done.returncode or not sdist.exists():
             raise ConfigError(
                 f"could not download the source release of {LLAMA_CPP_PACKAGE} {version} for its GGUF converter "
@@ -288,7 +297,9 @@ def converter_script() -> Path:
     staging = root.with_name(f"{root.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(wanted)]
+        members = [
+            m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(wanted)
+        ]
         for member in members:
             member.name = member.name[len(prefix) :]
         tar.extractall(staging, members=members, filter="data")
@@ -406,30 +417,38 @@ def export_run(
 
     plan = plan_export(run_dir, types, overwrite)
     cfg = plan.run_config
+    phases = Phases()
     try:
         max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
         examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
         prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
         log(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
-        model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
-        base_as_trained(model, cfg.get("method"))
-        answers = {REFERENCE: transformers_answers(model, tokenizer, prompts, max_new_tokens)}
+        with phases("load the checkpoint"):
+            model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
+            base_as_trained(model, cfg.get("method"))
+        with phases("answer: checkpoint"):
+            answers = {REFERENCE: transformers_answers(model, tokenizer, prompts, max_new_tokens)}
         log("merging the adapter into the base weights")
-        merged = merge_and_save(model, tokenizer, plan)
-        answers[MERGED] = transformers_answers(merged, tokenizer, prompts, max_new_tokens)
+        with phases("merge and save"):
+            merged = merge_and_save(model, tokenizer, plan)
+        with phases("answer: merged"):
+            answers[MERGED] = transformers_answers(merged, tokenizer, prompts, max_new_tokens)
         del model, merged
         for outtype in plan.types:
-            log(f"converting to {outtype}: {' '.join(converter_command(plan.staging / 'merged', plan.gguf(outtype), outtype))}")
-            convert_to_gguf(plan.staging / "merged", plan.gguf(outtype), outtype)
-            llm = open_gguf(plan.gguf(outtype))
-            if not prompt_tokens_match(llm, tokenizer, prompts[0]):
-                raise ExportError(
-                    f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
-                    "the tokenizer's chat template did not reach the GGUF"
-                )
-            answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
-            llm.close()
+            log(f"converting: {' '.join(converter_command(plan.staging / 'merged', plan.gguf(outtype), outtype))}")
+            with phases(f"convert to {outtype}"):
+                convert_to_gguf(plan.staging / "merged", plan.gguf(outtype), outtype)
+            with phases(f"answer: {outtype} (llama.cpp)"):
+                llm = open_gguf(plan.gguf(outtype))
+                if not prompt_tokens_match(llm, tokenizer, prompts[0]):
+                    raise ExportError(
+                        f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
+                        "the tokenizer's chat template did not reach the GGUF"
+                    )
+                answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
+                llm.close()
         report = parity_report(plan, prompts, references, answers, tokenizer)
+        report["phase_seconds"] = phases.rounded()
         text = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
         return finish_export(plan, report, prompts, text)
     except BaseException:
@@ -469,7 +488,11 @@ def parity_markdown(report: dict, prompts) -> str:
         lines += ["", "Answers that differ from the checkpoint's:", ""]
         for r in differing:
             peft = by[(r["prompt"], REFERENCE)]["answer"]
-            lines += [f"- prompt {r['prompt']}, {r['model']}:", f"  - checkpoint: `{peft!r}`", f"  - this: `{r['answer']!r}`"]
+            lines += [
+                f"- prompt {r['prompt']}, {r['model']}:",
+                f"  - checkpoint: `{peft!r}`",
+                f"  - this: `{r['answer']!r}`",
+            ]
     notes = "".join(f"\n- {note}" for note in report["notes"])
     return "\n".join(lines) + ("\n\nNotes:" + notes if notes else "") + "\n"
 
@@ -489,4 +512,3 @@ def finish_export(plan: ExportPlan, report: dict, prompts, modelfile_text: str) 
 def abandon(plan: ExportPlan) -> None:
     """An export that stopped half-way leaves nothing: its staging folder goes, an older export stays."""
     shutil.rmtree(plan.staging, ignore_errors=True)
-

@@ -55,7 +55,10 @@ def _scores(evaluation: list[dict] | None, run: str) -> str:
 def _export(parity: dict | None, run: str) -> str:
     if not parity:
         return f"Not exported yet. `python labs/unsloth_finetune/export_model.py {run} --gguf q8_0`."
-    lines = ["| model | file | MB | answers equal to the checkpoint's | accuracy |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| model | file | MB | answers equal to the checkpoint's | accuracy |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for row in parity["files"]:
         where = "(the run folder)" if row["mb"] is None else f"export/{row['file']}"
         mb = "" if row["mb"] is None else f"{row['mb']:.1f}"
@@ -96,7 +99,10 @@ def model_card(run_dir: Path) -> str:
         ("optimizer steps", summary.get("steps")),
         ("training seconds", summary.get("train_seconds")),
         ("loss, first / last step", f"{summary.get('first_loss')} / {summary.get('last_loss')}"),
-        ("best validation loss (step)", f"{summary.get('best_validation_loss')} ({summary.get('best_validation_step')})")
+        (
+            "best validation loss (step)",
+            f"{summary.get('best_validation_loss')} ({summary.get('best_validation_step')})",
+        )
         if summary.get("best_validation_loss") is not None
         else ("validation loss", "n/a (no held-out file)"),
         ("trainable / total parameters", f"{summary.get('trainable_params'):,} / {summary.get('total_params'):,}")
@@ -110,7 +116,8 @@ def model_card(run_dir: Path) -> str:
         "# stock PEFT (downloads the base from the hub)\nfrom peft import AutoPeftModelForCausalLM\n"
         f'model = AutoPeftModelForCausalLM.from_pretrained("{folder}")\n```'
         if adapter
-        else f'```python\nfrom transformers import AutoModelForCausalLM\nAutoModelForCausalLM.from_pretrained("{folder}")\n```'
+        else "```python\nfrom transformers import AutoModelForCausalLM\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{folder}")\n```'
     )
     return f"""---
 base_model: {base}

@@ -16,6 +16,7 @@ it is done, prints the parity table and rewrites the run's model card (README.md
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from finetune_lab.checkpoints import CheckpointError  # noqa: E402
 from finetune_lab.config import ConfigError  # noqa: E402
 from finetune_lab.data import DatasetError  # noqa: E402
 from finetune_lab.export import GGUF_TYPES, ExportError, export_run  # noqa: E402
+from finetune_lab.phases import Phases  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; the export folder appears only when complete, so nothing was written", file=sys.stderr)
         return 130
     print((folder / "parity.md").read_text())
-    print(f"written: {folder} (merged/, GGUF files, Modelfile, parity.md); model card: {Path(args.run_dir) / 'README.md'}")
+    phases = Phases()
+    phases.seconds = json.loads((folder / "parity.json").read_text())["phase_seconds"]
+    print(f"where the time went:\n{phases.table()}\n")
+    print(
+        f"written: {folder} (merged/, GGUF files, Modelfile, parity.md); model card: {Path(args.run_dir) / 'README.md'}"
+    )
     print(f"Ollama: cd {folder} && ollama create {Path(args.run_dir).name} -f Modelfile")
     return 0
 

@@ -1,4 +1,4 @@
-"""finetune_lab.checkpoints: a save killed midway loses nothing, a wrong base is refused, merged export."""
+"""finetune_lab.checkpoints: a save killed midway loses nothing, a wrong base is refused."""
 
 import shutil
 import subprocess
@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from helpers import REPO
 
-from finetune_lab.checkpoints import CheckpointError, clean_stale_staging, export_merged, load_checkpoint
+from finetune_lab.checkpoints import CheckpointError, clean_stale_staging, load_checkpoint
 from finetune_lab.generation import generate
 
 pytestmark = pytest.mark.slow
@@ -76,18 +76,6 @@ def test_a_checkpoint_on_another_architecture_is_refused(tmp_path, trained_run):
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(CheckpointError, match="not a finished run folder"):
         load_checkpoint(tmp_path)
-
-
-def test_merged_export_answers_like_the_adapter(tmp_path, trained_run):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model, tokenizer, _ = load_checkpoint(trained_run, device="cpu")
-    expected = generate(model, tokenizer, PROMPTS, max_new_tokens=32)
-    merged_dir = export_merged(trained_run, tmp_path / "merged")
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
-    assert generate(merged, AutoTokenizer.from_pretrained(merged_dir), PROMPTS, max_new_tokens=32) == expected
-    with pytest.raises(CheckpointError, match="already exists"):
-        export_merged(trained_run, merged_dir)
 
 
 # ---------------------------------------------------------------- --overwrite replaces only the lab's own runs
