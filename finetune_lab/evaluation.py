@@ -306,6 +306,10 @@ def evaluate_checkpoint(
     bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
     metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
     plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
+    if out_dir is None:
+        from .model_card import write_model_card
+
+        write_model_card(run_dir)  # its Scores section now has these numbers
     if wandb:
         from .tracking import log_run_files, wandb_run
 

@@ -35,14 +35,20 @@ from .phases import Phases
 from .runtime import cache_dir
 
 EXPORT = "export"
-# convert_hf_to_gguf.py's --outtype values this lab offers. llama.cpp's smaller types (q4_k_m...) need its
-# llama-quantize tool, which llama-cpp-python does not ship.
-GGUF_TYPES = {
+# Written by convert_hf_to_gguf.py from the merged weights (its --outtype values).
+CONVERTER_TYPES = {
     "f32": "32-bit floats: the merged weights exactly, 4 bytes a weight",
-    "f16": "16-bit floats: half the size of f32, answers as the checkpoint's",
+    "f16": "16-bit floats: half of f32, answers as the checkpoint's",
     "bf16": "bfloat16: f16's size with f32's range, less precision",
-    "q8_0": "8-bit blocks with one scale per 32 weights: about half of f16, answers within a few tokens",
 }
+# Written by llama.cpp's quantizer (what its llama-quantize tool runs) from the f16 file, as llama.cpp's README does.
+QUANTIZER_TYPES = {
+    "q8_0": "8-bit blocks with one scale per 32 weights: about half of f16, answers within a few tokens",
+    "q6_k": "6-bit k-quant: smaller again, more answers drift",
+    "q5_k_m": "5-bit k-quant mix",
+    "q4_k_m": "4-bit k-quant mix, Ollama's usual pick for big models: smallest, most drift",
+}
+GGUF_TYPES = {**CONVERTER_TYPES, **QUANTIZER_TYPES}
 LLAMA_CPP_PACKAGE = "llama-cpp-python"
 # The install command a missing llama.cpp is met with (the file pins the version).
 INSTALL_HINT = (
@@ -92,13 +98,13 @@ def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = Fa
     """Check everything an export needs (run folder, weights, types, llama.cpp) before any model loads."""
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
-    types = tuple(types)
     unknown = [t for t in types if t not in GGUF_TYPES]
     if unknown or not types:
         raise ExportError(
             f"unknown GGUF type {', '.join(unknown) or '(none given)'}; choose from "
             + "; ".join(f"{k} ({v})" for k, v in GGUF_TYPES.items())
         )
+    types = tuple(sorted(set(types), key=list(GGUF_TYPES).index))  # f16 before the types quantized from it
     fix = "retrain the run, or restore the file from a copy"
     method = run_config.get("method")
     notes = []
@@ -138,7 +144,7 @@ def round_to_nf4(weight):
     pad = (-flat.numel()) % NF4_BLOCK
     blocks = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, NF4_BLOCK)
     scale = blocks.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    nearest = (blocks / scale).unsqueeze(-1).sub(levels).abs().argmin(dim=-1)
+    nearest = torch.bucketize(blocks / scale, (levels[1:] + levels[:-1]) / 2)  # the midpoints between levels
     rounded = (levels[nearest] * scale).reshape(-1)[: flat.numel()]
     return rounded.reshape(weight.shape).to(weight.dtype)
 
@@ -323,6 +329,37 @@ def convert_to_gguf(merged: Path, out_file: Path, outtype: str) -> Path:
     return out_file
 
 
+def quantize_gguf(f16_file: Path, out_file: Path, outtype: str) -> Path:
+    """llama.cpp's quantizer (llama_model_quantize, as its llama-quantize tool) from an f16 GGUF."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{outtype.upper()}")
+    params.nthread = os.cpu_count()
+    with suppress_stdout_stderr(disable=False):  # it reports every tensor it writes
+        failed = llama_cpp.llama_model_quantize(str(f16_file).encode(), str(out_file).encode(), params)
+    if failed or not out_file.exists():
+        raise ExportError(f"llama.cpp's quantizer could not write {outtype} from {f16_file} (code {failed})")
+    return out_file
+
+
+def write_gguf(plan: ExportPlan, outtype: str) -> list[str]:
+    """Write the GGUF of one type into the staging folder; the command lines that did it, to show."""
+    merged = plan.staging / "merged"
+    if outtype in CONVERTER_TYPES:
+        convert_to_gguf(merged, plan.gguf(outtype), outtype)
+        return [" ".join(converter_command(merged, plan.gguf(outtype), outtype))]
+    f16, steps = plan.gguf("f16"), []
+    if not f16.exists():  # made for the quantizer, removed unless f16 was asked for too
+        convert_to_gguf(merged, f16, "f16")
+        steps.append(" ".join(converter_command(merged, f16, "f16")))
+    quantize_gguf(f16, plan.gguf(outtype), outtype)
+    if "f16" not in plan.types:
+        f16.unlink()
+    return [*steps, f"llama_cpp.llama_model_quantize({f16.name}, {plan.gguf(outtype).name}, {outtype})"]
+
+
 def modelfile(tokenizer, gguf_name: str, system_prompt: str | None) -> str:
     """An Ollama Modelfile whose TEMPLATE is the tokenizer's chat template for one system and one user turn
     (rendered with stand-ins, then the stand-ins swapped for Ollama's variables), stopping at end-of-turn."""
@@ -435,9 +472,9 @@ def export_run(
             answers[MERGED] = transformers_answers(merged, tokenizer, prompts, max_new_tokens)
         del model, merged
         for outtype in plan.types:
-            log(f"converting: {' '.join(converter_command(plan.staging / 'merged', plan.gguf(outtype), outtype))}")
-            with phases(f"convert to {outtype}"):
-                convert_to_gguf(plan.staging / "merged", plan.gguf(outtype), outtype)
+            with phases(f"write {outtype}"):
+                for step in write_gguf(plan, outtype):
+                    log(f"  {step}")
             with phases(f"answer: {outtype} (llama.cpp)"):
                 llm = open_gguf(plan.gguf(outtype))
                 if not prompt_tokens_match(llm, tokenizer, prompts[0]):

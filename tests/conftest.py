@@ -33,16 +33,32 @@ def trained_run(tmp_path_factory, base_model_dir) -> Path:
     return out / "e2e"
 
 
+@pytest.fixture(scope="session")
+def exported_run(tmp_path_factory, trained_run) -> tuple[Path, str]:
+    """A copy of the trained run, exported by the lab's export script (f16 and q8_0, 3 held-out prompts); and the
+    script's output."""
+    import shutil
+
+    from helpers import run_script
+
+    run = tmp_path_factory.mktemp("export") / trained_run.name
+    shutil.copytree(trained_run, run)
+    done = run_script("export_model.py", str(run), "--limit", "3")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run, done.stdout
+
+
 RUN_ALL_TWICE = "train_model.ipynb"
 
 
 def pytest_collection_modifyitems(items):
-    """nbval runs train_model.ipynb before evaluate_model.ipynb, in a student's order: the evaluation then scores
-    the run the training notebook saved instead of training one of its own. Other tests keep their order.
+    """nbval runs train_model.ipynb before evaluate_model.ipynb and export_model.ipynb, in a student's order: they
+    then score and export the run the training notebook saved instead of training one of their own. Other tests
+    keep their order.
 
     train_model.ipynb runs twice in the same kernel, as a student's second "Run All": every cell again, checked
     outputs compared again, with the first run's variables, run folders and patched libraries still there."""
-    notebooks = {"train_model.ipynb": 1, "evaluate_model.ipynb": 2, "solutions.ipynb": 3}
+    notebooks = {"train_model.ipynb": 1, "evaluate_model.ipynb": 2, "export_model.ipynb": 3, "solutions.ipynb": 4}
     items.sort(key=lambda item: notebooks.get(item.path.name, 0))
     first_run = [item for item in items if item.path.name == RUN_ALL_TWICE]
     if first_run:

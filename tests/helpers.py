@@ -49,6 +49,12 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 900) -> subprocess.Comp
         return subprocess.CompletedProcess(command, 124, text(late.stdout), text(late.stderr))
 
 
+def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Another script of the lab (evaluate_model.py, export_model.py) in its own process, from the repository root."""
+    command = [sys.executable, str(LAB / script), *args]
+    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
 MARKER = "# NBVAL_CHECK_OUTPUT"
 TRAIN_NOTEBOOK = LAB / "train_model.ipynb"
 
