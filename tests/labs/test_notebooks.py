@@ -17,6 +17,7 @@ SLUG = REPO_URL.removeprefix("https://github.com/")
 TWINS = {
     "train_model.ipynb": "train_tiny_model.py",
     "evaluate_model.ipynb": "evaluate_model.py",
+    "export_model.ipynb": "export_model.py",
     "solutions.ipynb": "train_tiny_model.py",
 }
 MACHINE_NOISE = re.compile(r"/tmp/|/root/|/home/|\d+\.\d+ ?s\b|it/s")
@@ -111,3 +112,16 @@ def test_the_executed_copy_for_reading_on_github_runs_the_same_code(path):
     ran = [c for c in executed.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in ran), "every cell of the copy ran"
     assert not [o for c in ran for o in c.outputs if o.output_type == "error"]
+
+
+def test_the_export_notebook_takes_the_export_scripts_steps_in_the_same_order():
+    import inspect
+
+    from finetune_lab.export import export_run
+
+    steps = ["plan_export(", "load_checkpoint(", "base_as_trained(", "transformers_answers(", "merge_and_save("]
+    steps += ["write_gguf(", "llama_cpp_answers(", "parity_report(", "modelfile(", "finish_export("]
+    notebook = nbformat.read(REPO / "labs" / "unsloth_finetune" / "export_model.ipynb", as_version=4)
+    code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    for source in (inspect.getsource(export_run), code):
+        assert sorted(steps, key=source.index) == steps
