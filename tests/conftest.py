@@ -35,7 +35,7 @@ def trained_run(tmp_path_factory, base_model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_run(tmp_path_factory, trained_run) -> tuple[Path, str]:
-    """A copy of the trained run, exported by the lab's export script (f16 and q8_0, 3 held-out prompts); and the
+    """A copy of the trained run, exported by the lab's export script (f16 and q8_0, 2 held-out prompts); and the
     script's output."""
     import shutil
 
@@ -43,7 +43,7 @@ def exported_run(tmp_path_factory, trained_run) -> tuple[Path, str]:
 
     run = tmp_path_factory.mktemp("export") / trained_run.name
     shutil.copytree(trained_run, run)
-    done = run_script("export_model.py", str(run), "--limit", "3")
+    done = run_script("export_model.py", str(run), "--limit", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run, done.stdout
 

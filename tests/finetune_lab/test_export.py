@@ -6,7 +6,6 @@ import shutil
 import pytest
 import torch
 
-from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.export import (
     NF4_LEVELS,
     as_byte_level_bpe,
@@ -31,14 +30,23 @@ def test_round_to_nf4_keeps_each_blocks_largest_value_and_uses_16_levels():
     assert (rounded - weight).abs().div(scale.repeat_interleave(64, 0).reshape(weight.shape)).max() <= 0.16
 
 
-def test_a_qlora_run_merges_onto_its_nf4_base_and_leaves_the_adapter_and_embeddings_alone(trained_run):
-    model, _, _ = load_checkpoint(trained_run, device="cpu")
+def test_a_qlora_run_merges_onto_its_nf4_base_and_leaves_the_adapter_and_embeddings_alone():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    small = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=256
+    )
+    model = get_peft_model(LlamaForCausalLM(small), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     base_before, lora_before = layer.base_layer.weight.clone(), layer.lora_A["default"].weight.clone()
+    untouched = model.base_model.model.model.layers[0].self_attn.k_proj.weight.clone()  # no LoRA, still NF4 in QLoRA
     embeddings = model.get_input_embeddings().weight.clone()
     base_as_trained(model, "qlora")
     assert torch.equal(layer.base_layer.weight, round_to_nf4(base_before))
     assert not torch.equal(layer.base_layer.weight, base_before)
+    assert torch.equal(model.base_model.model.model.layers[0].self_attn.k_proj.weight, round_to_nf4(untouched))
     assert torch.equal(layer.lora_A["default"].weight, lora_before)
     assert torch.equal(model.get_input_embeddings().weight, embeddings)
 

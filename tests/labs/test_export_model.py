@@ -46,7 +46,7 @@ def test_llama_cpp_answers_as_the_checkpoint_f16_token_for_token_q8_0_within_one
     report = parity(run)
     files = {row["model"]: row for row in report["files"]}
     n = report["prompts"]
-    assert n == 3
+    assert n == 2
     assert files["merged (transformers)"]["same"] == n
     assert files["f16 GGUF (llama.cpp)"]["same"] == n
     reference = files["checkpoint (transformers)"]["accuracy"]
