@@ -10,7 +10,7 @@ ARGS   ?=
 TORCH_INDEX ?=
 TORCH_PIN   := $(shell grep -E '^torch==' requirements.txt | cut -d' ' -f1)
 
-.PHONY: setup model lab test clean-venv
+.PHONY: setup model lab test test-extended clean-venv
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ test: model
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	FINETUNE_LAB_QUICK=1 $(PY) -m pytest $(ARGS)
+
+# The reliability cases the default run leaves out (two processes, data parallel, Ctrl-C and resume, full
+# fine-tuning, wandb): a few minutes more. CI runs them after `make test`.
+test-extended: model
+	FINETUNE_LAB_QUICK=1 $(PY) -m pytest -m extended $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -52,8 +52,8 @@ GGUF_TYPES = {**CONVERTER_TYPES, **QUANTIZER_TYPES}
 LLAMA_CPP_PACKAGE = "llama-cpp-python"
 # The install command a missing llama.cpp is met with (the file pins the version).
 INSTALL_HINT = (
-    "pip install -r requirements-export.txt (it builds llama.cpp from source: about 10 minutes on 2 cores "
-    "the first time, pip keeps the built wheel for later installs)"
+    'run `make setup`, or CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install -r requirements-export.txt (it builds '
+    "llama.cpp from source: about 8 minutes on 2 cores the first time; pip keeps the built wheel for later installs)"
 )
 # QLoRA's NormalFloat4 levels (Dettmers et al. 2023; bitsandbytes' NF4 code) and its block size.
 NF4_LEVELS = (
@@ -65,7 +65,7 @@ NF4_BLOCK = 64
 
 
 class ExportError(ValueError):
-    """An export that cannot be done as asked, reported before anything is written."""
+    """An export that cannot be done as asked; it leaves no export folder behind, and an earlier one as it was."""
 
 
 @dataclass
@@ -123,8 +123,8 @@ def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = Fa
     folder = run_dir / EXPORT
     if folder.exists() and not overwrite:
         raise ExportError(
-            f"{folder} already exists; pass --overwrite (overwrite=True) to replace it (the old export is kept "
-            "until the new one is complete), or move it away first"
+            f"{folder} already exists; pass --overwrite (OVERWRITE = True in export_model.ipynb) to replace it (the "
+            "old export is kept until the new one is complete), or move it away first"
         )
     llama_cpp_version()
     clean_stale_staging(run_dir)

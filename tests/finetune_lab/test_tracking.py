@@ -12,6 +12,7 @@ from finetune_lab.training import run_lab
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.extended
 def test_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch, base_model_dir):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -165,6 +165,7 @@ class CtrlCAfter(TrainerCallback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.extended
 def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_path, uninterrupted):
     cfg = short_config(tmp_path, "cut", max_new_tokens=16)
     with pytest.raises(TrainingInterrupted, match="step 3.*--resume"):
@@ -199,6 +200,7 @@ def test_too_long_examples_are_counted_and_reported_as_truncated(tmp_path, base_
     assert message in capsys.readouterr().out and message in " ".join(lab.warnings)
 
 
+@pytest.mark.extended
 def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_model_dir):
     from finetune_lab.checkpoints import load_checkpoint
     from finetune_lab.generation import generate

@@ -51,8 +51,8 @@ def test_llama_cpp_answers_as_the_checkpoint_f16_token_for_token_q8_0_within_one
     assert files["f16 GGUF (llama.cpp)"]["same"] == n
     reference = files["checkpoint (transformers)"]["accuracy"]
     assert abs(files["q8_0 GGUF (llama.cpp)"]["accuracy"] - reference) <= 1 / n
-    # and it learned: the checkpoint itself answers some held-out prompts right
-    assert reference > 0
+    # real answers in the course's form, not empty strings that would match trivially
+    assert all(r["answer"] and r["stopped"] for r in report["rows"] if r["model"] == "checkpoint (transformers)")
     f16_rows = [r for r in report["rows"] if r["model"] == "f16 GGUF (llama.cpp)"]
     checkpoint_rows = [r for r in report["rows"] if r["model"] == "checkpoint (transformers)"]
     # the same stops: an end-of-turn token that got lost would run every llama.cpp answer to the cap

@@ -88,6 +88,7 @@ def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
 
 
+@pytest.mark.extended
 def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
     """torchrun/accelerate on a CPU (gloo) runs the same DDP code path as several GPUs."""
     import os
@@ -133,6 +134,7 @@ def test_two_data_parallel_processes_write_one_run_and_one_summary(tmp_path):
 # ---------------------------------------------------------------- nothing a student made is lost
 
 
+@pytest.mark.extended
 def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_finishes(tmp_path):
     import time
 
@@ -157,6 +159,7 @@ def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same"]  # no lock, no .resume left
 
 
+@pytest.mark.extended
 def test_ctrl_c_before_training_exits_cleanly_and_says_nothing_was_kept(tmp_path):
     import signal
 
