@@ -51,26 +51,30 @@ def exported_run(tmp_path_factory, trained_run) -> tuple[Path, str]:
 RUN_ALL_TWICE = "train_model.ipynb"
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """nbval runs train_model.ipynb before evaluate_model.ipynb and export_model.ipynb, in a student's order: they
     then score and export the run the training notebook saved instead of training one of their own. Other tests
     keep their order.
 
-    train_model.ipynb runs twice in the same kernel, as a student's second "Run All": every cell again, checked
-    outputs compared again, with the first run's variables, run folders and patched libraries still there."""
+    Where extended cases run (`make test-extended`, or no -m at all), train_model.ipynb runs twice in the same
+    kernel, as a student's second "Run All": every cell again, checked outputs compared again, with the first run's
+    variables, run folders and patched libraries still there. The default run (`-m 'not extended'`) runs it once."""
     notebooks = {"train_model.ipynb": 1, "evaluate_model.ipynb": 2, "export_model.ipynb": 3, "solutions.ipynb": 4}
     items.sort(key=lambda item: notebooks.get(item.path.name, 0))
     first_run = [item for item in items if item.path.name == RUN_ALL_TWICE]
-    if first_run:
-        again = [
-            type(cell).from_parent(
-                cell.parent,
-                name=f"{cell.name} (Run All again)",
-                cell_num=cell.cell_num,
-                cell=cell.cell,
-                options=cell.options,
-            )
-            for cell in first_run
-        ]
-        at = items.index(first_run[-1]) + 1
-        items[at:at] = again
+    if not first_run or "not extended" in config.getoption("markexpr", ""):
+        return
+    again = [
+        type(cell).from_parent(
+            cell.parent,
+            name=f"{cell.name} (Run All again)",
+            cell_num=cell.cell_num,
+            cell=cell.cell,
+            options=cell.options,
+        )
+        for cell in first_run
+    ]
+    for item in first_run + again:  # the second pass needs the first in its kernel
+        item.add_marker(pytest.mark.extended)
+    at = items.index(first_run[-1]) + 1
+    items[at:at] = again
