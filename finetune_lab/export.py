@@ -320,17 +320,19 @@ def converter_command(merged: Path, out_file: Path, outtype: str) -> list[str]:
     return [sys.executable, str(converter_script()), str(merged), "--outtype", outtype, "--outfile", str(out_file)]
 
 
-def convert_to_gguf(merged: Path, out_file: Path, outtype: str) -> Path:
-    """Run llama.cpp's converter on a merged model folder; its own error, shortened, if it fails."""
-    done = subprocess.run(converter_command(merged, out_file, outtype), capture_output=True, text=True)
+def convert_to_gguf(merged: Path, out_file: Path, outtype: str) -> str:
+    """Run llama.cpp's converter on a merged model folder and return its command line; its own error, shortened, if
+    it fails."""
+    command = converter_command(merged, out_file, outtype)
+    done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode or not out_file.exists():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
         raise ExportError(f"llama.cpp's converter failed on {merged} ({outtype}):\n{tail}")
-    return out_file
+    return " ".join(command)
 
 
-def quantize_gguf(f16_file: Path, out_file: Path, outtype: str) -> Path:
-    """llama.cpp's quantizer (llama_model_quantize, as its llama-quantize tool) from an f16 GGUF."""
+def quantize_gguf(f16_file: Path, out_file: Path, outtype: str) -> str:
+    """llama.cpp's quantizer (llama_model_quantize, as its llama-quantize tool) from an f16 GGUF; the call, to show."""
     import llama_cpp
     from llama_cpp._utils import suppress_stdout_stderr
 
@@ -341,23 +343,21 @@ def quantize_gguf(f16_file: Path, out_file: Path, outtype: str) -> Path:
         failed = llama_cpp.llama_model_quantize(str(f16_file).encode(), str(out_file).encode(), params)
     if failed or not out_file.exists():
         raise ExportError(f"llama.cpp's quantizer could not write {outtype} from {f16_file} (code {failed})")
-    return out_file
+    return f"llama_cpp.llama_model_quantize({f16_file.name}, {out_file.name}, {outtype})"
 
 
 def write_gguf(plan: ExportPlan, outtype: str) -> list[str]:
     """Write the GGUF of one type into the staging folder; the command lines that did it, to show."""
     merged = plan.staging / "merged"
     if outtype in CONVERTER_TYPES:
-        convert_to_gguf(merged, plan.gguf(outtype), outtype)
-        return [" ".join(converter_command(merged, plan.gguf(outtype), outtype))]
+        return [convert_to_gguf(merged, plan.gguf(outtype), outtype)]
     f16, steps = plan.gguf("f16"), []
     if not f16.exists():  # made for the quantizer, removed unless f16 was asked for too
-        convert_to_gguf(merged, f16, "f16")
-        steps.append(" ".join(converter_command(merged, f16, "f16")))
-    quantize_gguf(f16, plan.gguf(outtype), outtype)
+        steps.append(convert_to_gguf(merged, f16, "f16"))
+    steps.append(quantize_gguf(f16, plan.gguf(outtype), outtype))
     if "f16" not in plan.types:
         f16.unlink()
-    return [*steps, f"llama_cpp.llama_model_quantize({f16.name}, {plan.gguf(outtype).name}, {outtype})"]
+    return steps
 
 
 def modelfile(tokenizer, gguf_name: str, system_prompt: str | None) -> str:
