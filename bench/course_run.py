@@ -6,8 +6,10 @@ kernels start to pay.
 Who it is for: maintainers deciding the lab's default GPU path, and Module 04's "when does Unsloth accelerate?".
 Needs a CUDA GPU and the GPU stack (requirements-gpu.txt); the hub is not needed. From the repository root:
     python bench/course_precision.py build DIR                    # TinyLlama-1.1B shape, random weights
-    python bench/course_run.py run DIR OUT.jsonl [CASE ...]       # the CLI's default course run per case, each in
-                                                                  # its own process, cases interleaved (a b b a)
+    python bench/course_run.py run DIR OUT.jsonl [CASE ...] [--repeats N]   # the CLI's course run per case, each
+                                                                  # in its own process, interleaved (a b b a; N=2)
+    python bench/course_run.py compare DIR OLD OUT.jsonl [CASE ...]   # each case with this checkout's CLI and with
+                                                                  # OLD's (an earlier commit's files), interleaved
     python bench/course_run.py sweep DIR OUT.jsonl                # steps at 1x128 ... 8x1024 tokens per backend
     python bench/course_run.py table OUT.jsonl [PLOT.png]         # the tables (and the sweep's plot); no GPU
 Wall time is measured around the CLI's process (start-up and imports to exit); the phases come from the run's
@@ -31,6 +33,9 @@ CLI = REPO / "labs/unsloth_finetune/train_tiny_model.py"
 
 # case: (CLI flags, environment). "compile": Unsloth's compiler of the model code (UNSLOTH_COMPILE_DISABLE=0/1).
 CASES = {
+    # what the CLI does when given nothing but the model: backend auto (Unsloth where it is installed)
+    "default-lora": ([], {}),
+    "default-qlora": (["--method", "qlora"], {}),
     "unsloth-lora-compile": (["--backend", "unsloth"], {"UNSLOTH_COMPILE_DISABLE": "0"}),
     "unsloth-lora-nocompile": (["--backend", "unsloth"], {"UNSLOTH_COMPILE_DISABLE": "1"}),
     "transformers-lora": (["--backend", "transformers"], {}),
@@ -39,6 +44,14 @@ CASES = {
     "unsloth-qlora-compile": (["--backend", "unsloth", "--method", "qlora"], {"UNSLOTH_COMPILE_DISABLE": "0"}),
     "unsloth-qlora-nocompile": (["--backend", "unsloth", "--method", "qlora"], {"UNSLOTH_COMPILE_DISABLE": "1"}),
     "transformers-qlora": (["--backend", "transformers", "--method", "qlora"], {}),
+    # gradient checkpointing off: no recomputed forward pass in the backward (the course run's activations are small)
+    "unsloth-lora-nocompile-nogc": (
+        ["--backend", "unsloth", "--no-gradient_checkpointing"],
+        {"UNSLOTH_COMPILE_DISABLE": "1"},
+    ),
+    "transformers-lora-nogc": (["--backend", "transformers", "--no-gradient_checkpointing"], {}),
+    "transformers-lora-packed-nogc": (["--backend", "transformers", "--packing", "--no-gradient_checkpointing"], {}),
+    "transformers-qlora-nogc": (["--backend", "transformers", "--method", "qlora", "--no-gradient_checkpointing"], {}),
 }
 SIZES = [(1, 128), (8, 128), (8, 256), (8, 512), (8, 1024)]
 SWEEP_MODES = {  # bench/lora_speed.py's raw training loops, in one process per mode
@@ -54,19 +67,25 @@ def append(results: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def run(model_dir: Path, results: Path, cases: list[str], repeats: int = 2) -> None:
+def run(model_dir: Path, results: Path, cases: list[str], repeats: int = 2, baseline: Path | None = None) -> None:
+    """Each case `repeats` times, in order then in reverse; with `baseline` (a checkout of an earlier commit) each
+    case runs with that checkout's CLI right after this one's, so both see the card in the same state."""
     runs = results.parent / "runs"
+    trees = {"this": REPO} | ({"baseline": baseline} if baseline else {})
+    order = [(case, tree) for case in cases for tree in trees]
     for repeat in range(repeats):
-        for case in cases if repeat % 2 == 0 else reversed(cases):
+        for case, tree in order if repeat % 2 == 0 else reversed(order):
             flags, env = CASES[case]
-            name = f"{case}-{repeat}"
-            command = [sys.executable, str(CLI), "--model", str(model_dir), *flags]
+            name = f"{case}-{tree}-{repeat}"
+            command = [sys.executable, str(trees[tree] / CLI.relative_to(REPO)), "--model", str(model_dir), *flags]
             command += ["--output_dir", str(runs), "--run_name", name, "--overwrite"]
             start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, **env})
+            done = subprocess.run(command, capture_output=True, text=True, cwd=trees[tree], env={**os.environ, **env})
             wall = time.perf_counter() - start
             (results.parent / f"{name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
             row = {"kind": "course", "case": case, "repeat": repeat, "rc": done.returncode, "wall_s": round(wall, 1)}
+            if baseline:
+                row["tree"] = tree
             summary = runs / name / "summary.json"
             if done.returncode == 0 and summary.exists():
                 s = json.loads(summary.read_text())
@@ -133,34 +152,45 @@ def sweep(model_dir: Path, results: Path) -> None:
             append(results, {"kind": "sweep", "mode": mode, "rc": done.returncode, "error": done.stderr[-2000:]})
 
 
+def label(row: dict) -> str:
+    return f"{row['case']} ({row['tree']})" if "tree" in row else row["case"]
+
+
 def course_table(rows: list[dict]) -> str:
+    """One row per case (and checkout): medians of the wall time and of each phase. The ratio is to the same case
+    with the baseline checkout in a comparison, else to transformers + PEFT with the same method."""
     ok = [r for r in rows if r.get("kind") == "course" and r["rc"] == 0]
     failed = [r for r in rows if r.get("kind") == "course" and r["rc"] != 0]
-    cases = list(dict.fromkeys(r["case"] for r in ok))
+    labels = list(dict.fromkeys(label(r) for r in ok))
     phases = list(dict.fromkeys(p for r in ok for p in r["phases"]))
+    compared = any("tree" in r for r in ok)
 
-    def median(case, key):
-        values = [r[key] if key in r else r["phases"].get(key, 0.0) for r in ok if r["case"] == case]
+    def median(name, key):
+        values = [r[key] if key in r else r["phases"].get(key, 0.0) for r in ok if label(r) == name]
         return statistics.median(values)
 
-    base = {m: median(f"transformers-{m}", "wall_s") for m in ("lora", "qlora") if f"transformers-{m}" in cases}
+    def reference(row):
+        name = f"{row['case']} (baseline)" if compared else f"transformers-{row['method']}"
+        return median(name, "wall_s") if name in labels else None
+
+    against = "the baseline checkout" if compared else "transformers+PEFT"
     out = [
-        "| case | runs | wall s (each) | wall vs transformers+PEFT (lower: faster) | "
+        f"| case | runs | wall s (each) | wall vs {against} (lower: faster) | "
         + " | ".join(phases)
         + " | steps | peak GiB |",
         "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in phases) + " | ---: | ---: |",
     ]
-    for case in cases:
-        mine = [r for r in ok if r["case"] == case]
-        method = mine[0]["method"]
-        ratio = f"{median(case, 'wall_s') / base[method]:.2f}x" if method in base else "n/a"
-        cells = " | ".join(f"{median(case, p):.1f}" for p in phases)
+    for name in labels:
+        mine = [r for r in ok if label(r) == name]
+        base = reference(mine[0])
+        ratio = f"{median(name, 'wall_s') / base:.2f}x" if base else "n/a"
+        cells = " | ".join(f"{median(name, p):.1f}" for p in phases)
         out.append(
-            f"| {case} | {len(mine)} | {median(case, 'wall_s'):.1f} ({' / '.join(str(r['wall_s']) for r in mine)}) | "
-            f"{ratio} | {cells} | {mine[0]['steps']} | {median(case, 'peak_memory_mb') / 1024:.2f} |"
+            f"| {name} | {len(mine)} | {median(name, 'wall_s'):.1f} ({' / '.join(str(r['wall_s']) for r in mine)}) | "
+            f"{ratio} | {cells} | {mine[0]['steps']} | {median(name, 'peak_memory_mb') / 1024:.2f} |"
         )
     for r in failed:
-        out.append(f"| {r['case']} (repeat {r['repeat']}) | failed (rc {r['rc']}) | | | |")
+        out.append(f"| {label(r)} (repeat {r['repeat']}) | failed (rc {r['rc']}) | | | |")
     return "\n".join(out)
 
 
@@ -211,13 +241,23 @@ def sweep_table(rows: list[dict], plot: Path | None) -> str:
 if __name__ == "__main__":
     verb, *args = sys.argv[1:] or ["help"]
     if verb == "run":
-        run(Path(args[0]), Path(args[1]), args[2:] or list(CASES))
+        repeats = 2
+        if "--repeats" in args:
+            at = args.index("--repeats")
+            repeats = int(args.pop(at + 1))
+            args.pop(at)
+        run(Path(args[0]), Path(args[1]), args[2:] or list(CASES), repeats)
+    elif verb == "compare":
+        run(Path(args[0]), Path(args[2]), args[3:] or ["default-lora", "default-qlora"], baseline=Path(args[1]))
     elif verb == "sweep":
         sweep(Path(args[0]), Path(args[1]))
     elif verb == "sweep-one":
         sweep_one(args[0], Path(args[1]), Path(args[2]))
     elif verb == "table":
         rows = [json.loads(line) for line in Path(args[0]).read_text().splitlines() if line.strip()]
-        print(course_table(rows) + "\n\n" + sweep_table(rows, Path(args[1]) if len(args) > 1 else None))
+        tables = [course_table(rows)]
+        if any(r.get("kind") == "sweep" for r in rows):
+            tables.append(sweep_table(rows, Path(args[1]) if len(args) > 1 else None))
+        print("\n\n".join(tables))
     else:
         sys.exit(__doc__)

@@ -73,7 +73,8 @@ class TrainConfig:
     )
     gradient_checkpointing: bool | None = setting(
         None,
-        "recompute activations in the backward pass (less memory, slower steps); default: on for a GPU, off for a CPU",
+        "recompute activations in the backward pass (less memory, slower steps); default: on only on a GPU whose free "
+        "memory the batch would not fit without it",
     )
     system_prompt: str | None = setting(
         COURSE_SYSTEM_PROMPT,

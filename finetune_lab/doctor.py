@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 from .config import ConfigError, TrainConfig
 from .memory import MB, MemoryEstimate, estimate, shape_of
-from .models import BackendChoice, choose_backend, default_model, import_backend, model_config
+from .models import (
+    BackendChoice,
+    choose_backend,
+    default_model,
+    gradient_checkpointing_choice,
+    import_backend,
+    model_config,
+)
 from .runtime import Gpu, gpu
 
 PACKAGES = (
@@ -122,14 +129,17 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
         cfg = TrainConfig(model=model)
     choice = choose_backend(cfg)
     import_backend(choice)
-    checkpointing = choice.on_gpu if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    free_mb = available_mb(card)
     try:
         shape = shape_of(model_config(cfg.model), cfg.target_modules)
     except (ConfigError, OSError, ValueError):
         memory = None
     else:
-        memory = estimate(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, checkpointing)
-    return Preflight(cfg, choice, card, model_reason, memory, available_mb(card))
+        args = (shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length)
+        beside_weights = free_mb - estimate(*args, gradient_checkpointing=False).weights_mb
+        checkpointing, _ = gradient_checkpointing_choice(cfg, choice, shape, beside_weights)
+        memory = estimate(*args, gradient_checkpointing=checkpointing)
+    return Preflight(cfg, choice, card, model_reason, memory, free_mb)
 
 
 def main(argv: list[str] | None = None) -> int:

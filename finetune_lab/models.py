@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,9 +275,28 @@ def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
     return model, tokenizer
 
 
-def add_adapter(model, choice: BackendChoice, lora_config, seed: int = 42, gradient_checkpointing: bool | None = None):
+def gradient_checkpointing_choice(
+    cfg: TrainConfig, choice: BackendChoice, shape=None, free_mb: float | None = None
+) -> tuple[bool, str]:
+    """Gradient checkpointing on or off for this run, and why: as configured, else off on a CPU, and on a GPU only
+    when the batch would not fit without it in `free_mb` (default: what the card has free beside the loaded model;
+    memory.checkpointing_choice)."""
+    if cfg.gradient_checkpointing is not None:
+        return cfg.gradient_checkpointing, f"{'on' if cfg.gradient_checkpointing else 'off'}: as configured"
+    if not choice.on_gpu:
+        return False, "off: a CPU run is bound by compute, and recomputing layers would only add to it"
+    import torch
+
+    from .memory import MB, checkpointing_choice, shape_of
+
+    shape = shape or shape_of(model_config(cfg.model), cfg.target_modules)
+    if free_mb is None:
+        free_mb = torch.cuda.mem_get_info(processes().local_rank)[0] / MB
+    return checkpointing_choice(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, free_mb)
+
+
+def add_adapter(model, choice: BackendChoice, lora_config, seed: int, checkpointing: bool):
     """Wrap the base with LoRA (or leave it whole for full fine-tuning)."""
-    checkpointing = choice.on_gpu if gradient_checkpointing is None else gradient_checkpointing
     if choice.method == "full":
         if checkpointing:
             model.gradient_checkpointing_enable()
@@ -340,7 +360,10 @@ def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True, 
     if choice.method != "full":
         check_target_modules(model, cfg.target_modules, cfg.model)
     with phases("add adapters"):
-        model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, cfg.gradient_checkpointing)
+        checkpointing, why = gradient_checkpointing_choice(cfg, choice)
+        if verbose:
+            print(f"[finetune_lab] gradient checkpointing {why}")
+        model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, checkpointing)
     return model, tokenizer, choice
 
 
@@ -360,6 +383,19 @@ def for_inference(model, choice: BackendChoice):
         FastLanguageModel.for_inference(model)
     model.eval()
     return model
+
+
+@contextmanager
+def adapters_off(model):
+    """The base model's own answers from a model with fresh adapters: LoRA's B starts at zero, so the adapters would
+    change nothing but would roughly double the time of each generated token (a full fine-tuning model has none)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
 
 
 def for_training(model, choice: BackendChoice):

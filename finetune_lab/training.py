@@ -13,7 +13,7 @@ from .checkpoints import RESUME_CONFIG, RunLock, RunPaths, prepare_run, read_jso
 from .config import ConfigError, TrainConfig
 from .data import Dataset, check_chat_markers, count_too_long, load_jsonl
 from .generation import generate
-from .models import BackendChoice, base_fingerprint, for_inference, for_training, load_for_training
+from .models import BackendChoice, adapters_off, base_fingerprint, for_inference, for_training, load_for_training
 from .phases import Phases
 from .plots import plot_loss
 from .runtime import is_main_process, processes
@@ -597,7 +597,7 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
         print(f"[finetune_lab] warning: {warning}")
     prompts, references = pick_test_prompts(dataset, heldout)
     for_inference(model, choice)
-    with phases("generate before"):
+    with phases("generate before"), adapters_off(model):
         before = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
     resume_from = paths.latest_resume_checkpoint() if resume else None
     if not resume and is_main_process():

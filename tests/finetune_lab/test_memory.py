@@ -3,7 +3,7 @@
 import pytest
 
 from finetune_lab.config import ALL_LINEAR
-from finetune_lab.memory import MB, estimate, shape_of
+from finetune_lab.memory import MB, checkpointing_choice, estimate, shape_of
 from finetune_lab.models import model_config
 
 
@@ -39,3 +39,13 @@ def test_gradient_checkpointing_and_shorter_batches_need_fewer_activations(tinyl
     short = estimate(tinyllama, "lora", "bfloat16", 16, 8, 128, gradient_checkpointing=True)
     assert kept.activations_mb > recomputed.activations_mb > short.activations_mb
     assert kept.weights_mb == recomputed.weights_mb
+
+
+def test_checkpointing_is_chosen_only_where_the_batch_would_not_fit_beside_the_weights(tinyllama):
+    course = (tinyllama, "lora", "float16", 16, 8, 256)
+    # a T4 after loading TinyLlama in fp16: ~12.5 GB free; the course batch needs ~4 GB without checkpointing
+    on, why = checkpointing_choice(*course, free_mb=12.5 * 1024)
+    assert not on and why.startswith("off: ~3.7 GB") and "12.5 GB free" in why
+    # the same batch on a card with 4 GB left, or 4 x the batch on the T4: recompute rather than run out
+    assert checkpointing_choice(*course, free_mb=4 * 1024)[0]
+    assert checkpointing_choice(tinyllama, "lora", "float16", 16, 32, 256, free_mb=12.5 * 1024)[0]
