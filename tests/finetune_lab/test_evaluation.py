@@ -133,6 +133,20 @@ def test_prose_hallucinations_are_specifics_found_in_neither_reference_nor_promp
     assert row["hallucination_rate"] == float(bool(invented))
 
 
+@pytest.mark.parametrize(
+    "answer,correct",
+    [
+        ("The capital of France is Paris.", 1.0),  # the short reference, said in a sentence
+        ("Paris", 1.0),
+        ("The capital of France is Lyon.", 0.0),  # and Lyon is invented
+        ("It is a city.", 0.0),
+    ],
+)
+def test_a_short_reference_without_specifics_must_appear_in_the_answer(answer, correct):
+    row = score(answer, "Paris.", API, "What is the capital of France?")
+    assert row["family"] == "prose" and row["accuracy"] == correct
+
+
 def test_a_rate_that_applies_to_no_answer_is_nan_and_prints_n_a():
     # code that does not use the course library: no API to check it against
     table = score_answers(["Add one."], ["y = x + 1"], ["y = x + 2"], API, split="held-out")
