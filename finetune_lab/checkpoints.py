@@ -105,25 +105,30 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
             "an interrupted run's checkpoints and its lock; choose a name without it"
         )
     if overwrite and resume:
-        raise ConfigError("choose either --overwrite (start again) or --resume (continue), not both")
+        raise ConfigError(
+            "choose either overwrite=True to start again or resume=True to continue (--overwrite / --resume), not both"
+        )
     if paths.run.exists() and not is_finished_run(paths.run):
         raise _not_ours(paths.run, RUN_CONFIG, "a finished run")
     if paths.resume.exists() and not is_interrupted_run(paths.resume):
         raise _not_ours(paths.resume, RESUME_CONFIG, "an interrupted run")
     if resume:
         if paths.latest_resume_checkpoint() is None:
-            raise ConfigError(f"nothing to resume: {paths.resume} holds no checkpoint. Start the run without --resume")
+            raise ConfigError(
+                f"nothing to resume: {paths.resume} holds no checkpoint. Start the run without resume=True (--resume)"
+            )
         if paths.run.exists():
-            raise ConfigError(f"{paths.run} is already complete; pass --overwrite to train it again")
+            raise ConfigError(f"{paths.run} is already complete; pass overwrite=True (--overwrite) to train it again")
         return paths
     if paths.run.exists() and not overwrite:
         raise ConfigError(
-            f"{paths.run} already holds a finished run; pass --overwrite to replace it, or choose another --run_name"
+            f"{paths.run} already holds a finished run; pass overwrite=True (--overwrite) to replace it, or choose "
+            "another run_name (--run_name)"
         )
     if paths.resume.exists() and not overwrite:
         raise ConfigError(
-            f"{paths.resume} holds an interrupted run: continue it with --resume, or pass "
-            "--overwrite to start again (or choose another --run_name)"
+            f"{paths.resume} holds an interrupted run: continue it with resume=True (--resume), or pass "
+            "overwrite=True (--overwrite) to start again (or choose another run_name (--run_name))"
         )
     return paths
 

@@ -329,7 +329,7 @@ def train(
         where = Path(sft_config.output_dir) / f"checkpoint-{trainer.state.global_step}"
         raise TrainingInterrupted(
             f"interrupted at step {trainer.state.global_step}; a resumable checkpoint is in "
-            f"{where}. Run the same command with --resume to continue."
+            f"{where}. Run it again with resume=True (--resume) to continue."
         ) from None
     first_step_at = timer.at or end  # no step ran (nothing left to train after a resume): no first step either
     phases.add("first step (compile, warm-up)", first_step_at - start)
@@ -551,9 +551,9 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
         changed = resume_differences(read_json(paths.resume / RESUME_CONFIG, "start again with --overwrite"), cfg)
         if changed:
             raise ConfigError(
-                f"--resume continues {paths.resume}, which was started with other settings: "
-                f"{'; '.join(changed)}. Run it with the settings it started with, or pass --overwrite "
-                "(instead of --resume) to start again with the new ones"
+                f"resume=True (--resume) continues {paths.resume}, which was started with other settings: "
+                f"{'; '.join(changed)}. Run it with the settings it started with, or pass overwrite=True (--overwrite) "
+                "(instead of resume) to start again with the new ones"
             )
     if cfg.limit_examples:
         dataset.examples = dataset.examples[: cfg.limit_examples]

@@ -1,5 +1,6 @@
 """finetune_lab.checkpoints: a save killed midway loses nothing, a wrong base is refused."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -119,12 +120,17 @@ def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):
 
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / RUN_CONFIG).write_text("{}")
-    with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite to replace it"):
+    with pytest.raises(
+        ConfigError, match=re.escape("already holds a finished run; pass overwrite=True (--overwrite) to replace it")
+    ):
         prepare_run(tmp_path, "done")
     assert prepare_run(tmp_path, "done", overwrite=True).run == tmp_path / "done"
     (tmp_path / "cut.resume").mkdir()
     (tmp_path / "cut.resume" / RESUME_CONFIG).write_text("{}")
-    with pytest.raises(ConfigError, match="holds an interrupted run: continue it with --resume, or pass --overwrite"):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("holds an interrupted run: continue it with resume=True (--resume), or pass overwrite=True"),
+    ):
         prepare_run(tmp_path, "cut")
 
 

@@ -1,5 +1,7 @@
 """Bad configuration: each a one-line error before any heavy work (no model load, no folder written)."""
 
+import re
+
 import pytest
 from helpers import REPO, run_cli
 
@@ -58,12 +60,12 @@ def test_qlora_on_cpu_stops_at_once_with_a_clear_message():
 def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
     (tmp_path / "r1").mkdir()
     (tmp_path / "r1" / "run_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="already holds a finished run; pass --overwrite"):
+    with pytest.raises(ConfigError, match=re.escape("already holds a finished run; pass overwrite=True (--overwrite)")):
         prepare_run(tmp_path, "r1")
     assert prepare_run(tmp_path, "r1", overwrite=True).run == tmp_path / "r1"
     (tmp_path / "r2.resume").mkdir()
     (tmp_path / "r2.resume" / "resume_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="interrupted run: continue it with --resume"):
+    with pytest.raises(ConfigError, match=re.escape("interrupted run: continue it with resume=True (--resume)")):
         prepare_run(tmp_path, "r2")
     with pytest.raises(ConfigError, match="nothing to resume"):
         prepare_run(tmp_path, "r3", resume=True)

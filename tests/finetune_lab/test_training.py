@@ -168,7 +168,7 @@ class CtrlCAfter(TrainerCallback):
 @pytest.mark.extended
 def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_path, uninterrupted):
     cfg = short_config(tmp_path, "cut", max_new_tokens=16)
-    with pytest.raises(TrainingInterrupted, match="step 3.*--resume"):
+    with pytest.raises(TrainingInterrupted, match=r"step 3.*resume=True \(--resume\)"):
         run_lab(cfg, callbacks=[CtrlCAfter(3)])
     assert not (tmp_path / "cut").exists()
     assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
@@ -178,7 +178,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
         (dict(learning_rate=0.01), "learning_rate 0.001 (interrupted run) vs 0.01 (now)"),
         (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)"),
     ]:
-        with pytest.raises(ConfigError, match=re.escape(named) + ".*pass --overwrite"):
+        with pytest.raises(ConfigError, match=re.escape(named) + ".*pass overwrite=True"):
             run_lab(cfg.replace(**change), resume=True)
     resumed = run_lab(cfg.replace(save_steps=50), resume=True)  # a safe change is allowed
     assert resumed.result.steps == 6

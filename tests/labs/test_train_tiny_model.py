@@ -84,7 +84,7 @@ def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
     done = run_cli(
         "--test_mode", "--output_dir", str(trained_run.parent), "--run_name", trained_run.name, cwd=REPO, timeout=120
     )
-    assert done.returncode == 2 and "already holds a finished run; pass --overwrite" in done.stderr
+    assert done.returncode == 2 and "already holds a finished run; pass overwrite=True (--overwrite)" in done.stderr
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
 
 
