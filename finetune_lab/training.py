@@ -548,7 +548,9 @@ def _locked_run(cfg, paths, dataset, heldout, overwrite, resume, lora_config, sf
     phases = Phases()
     prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
     if resume:
-        changed = resume_differences(read_json(paths.resume / RESUME_CONFIG, "start again with --overwrite"), cfg)
+        changed = resume_differences(
+            read_json(paths.resume / RESUME_CONFIG, "start again with overwrite=True (--overwrite)"), cfg
+        )
         if changed:
             raise ConfigError(
                 f"resume=True (--resume) continues {paths.resume}, which was started with other settings: "
