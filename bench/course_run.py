@@ -8,13 +8,16 @@ Needs a CUDA GPU and the GPU stack (requirements-gpu.txt); the hub is not needed
     python bench/course_precision.py build DIR                    # TinyLlama-1.1B shape, random weights
     python bench/course_run.py run DIR OUT.jsonl [CASE ...] [--repeats N]   # the CLI's course run per case, each
                                                                   # in its own process, interleaved (a b b a; N=2)
-    python bench/course_run.py compare DIR OLD OUT.jsonl [CASE ...]   # each case with this checkout's CLI and with
-                                                                  # OLD's (an earlier commit's files), interleaved
+    python bench/course_run.py compare DIR OLD OUT.jsonl [CASE ...] [--repeats N]   # each case with this
+                                                                  # checkout's CLI and with OLD's (an earlier
+                                                                  # commit's files), interleaved
     python bench/course_run.py sweep DIR OUT.jsonl                # steps at 1x128 ... 8x1024 tokens per backend
     python bench/course_run.py table OUT.jsonl [PLOT.png]         # the tables (and the sweep's plot); no GPU
 Wall time is measured around the CLI's process (start-up and imports to exit); the phases come from the run's
 summary.json (finetune_lab.phases). With random weights the model never learns to stop, so both generation
 phases always run to the answers' cap (96 tokens): a real model that learned the course answers stops earlier.
+Before the timed runs, `run` and `compare` compile the packages' bytecode (as pip does when it installs them) and
+run the first case once as a warm-up, reported apart: the first run on a machine also compiles GPU kernels.
 """
 
 from __future__ import annotations
@@ -67,34 +70,62 @@ def append(results: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+# Packages the CLI imports, directly or through Unsloth; their folders get compiled bytecode before timing.
+IMPORTED = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "unsloth", "unsloth_zoo", "matplotlib")
+
+
+def compile_bytecode(results: Path) -> None:
+    """pip compiles a package's bytecode when it installs it; a package folder copied or unpacked without it (and a
+    machine with PYTHONDONTWRITEBYTECODE set, which keeps Python from caching it) makes every process compile
+    thousands of modules again, seconds that no installed lab pays. Compiled once here, up-to-date files skipped."""
+    import importlib.util
+
+    folders = set()
+    for name in IMPORTED:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.origin:
+            folders.add(str(Path(spec.origin).parents[1]))
+    for folder in sorted(folders):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", folder], capture_output=True)
+        seconds = round(time.perf_counter() - start, 1)
+        append(results, {"kind": "setup", "compiled": folder, "rc": done.returncode, "seconds": seconds})
+
+
 def run(model_dir: Path, results: Path, cases: list[str], repeats: int = 2, baseline: Path | None = None) -> None:
     """Each case `repeats` times, in order then in reverse; with `baseline` (a checkout of an earlier commit) each
-    case runs with that checkout's CLI right after this one's, so both see the card in the same state."""
+    case runs with that checkout's CLI right after this one's, so both see the card in the same state. Before them,
+    the packages' bytecode is compiled and the first case runs once untimed (its row is marked "first run"): the
+    first run on a machine also compiles GPU kernels and builds caches (Triton's, matplotlib's fonts) that every
+    later run reuses."""
     runs = results.parent / "runs"
     trees = {"this": REPO} | ({"baseline": baseline} if baseline else {})
     order = [(case, tree) for case in cases for tree in trees]
-    for repeat in range(repeats):
-        for case, tree in order if repeat % 2 == 0 else reversed(order):
-            flags, env = CASES[case]
-            name = f"{case}-{tree}-{repeat}"
-            command = [sys.executable, str(trees[tree] / CLI.relative_to(REPO)), "--model", str(model_dir), *flags]
-            command += ["--output_dir", str(runs), "--run_name", name, "--overwrite"]
-            start = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True, cwd=trees[tree], env={**os.environ, **env})
-            wall = time.perf_counter() - start
-            (results.parent / f"{name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
-            row = {"kind": "course", "case": case, "repeat": repeat, "rc": done.returncode, "wall_s": round(wall, 1)}
-            if baseline:
-                row["tree"] = tree
-            summary = runs / name / "summary.json"
-            if done.returncode == 0 and summary.exists():
-                s = json.loads(summary.read_text())
-                row.update(
-                    {k: s[k] for k in ("backend", "method", "dtype", "steps", "train_seconds", "peak_memory_mb")},
-                    phases=s["phase_seconds"],
-                    saved_s=s["wall_seconds"],
-                )
-            append(results, row)
+    compile_bytecode(results)
+    schedule = [("first run", order[0])] + [
+        (r, pair) for r in range(repeats) for pair in (order if r % 2 == 0 else order[::-1])
+    ]
+    for repeat, (case, tree) in schedule:
+        flags, env = CASES[case]
+        name = f"{case}-{tree}-{repeat}".replace(" ", "-")
+        command = [sys.executable, str(trees[tree] / CLI.relative_to(REPO)), "--model", str(model_dir), *flags]
+        command += ["--output_dir", str(runs), "--run_name", name, "--overwrite"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=trees[tree], env={**os.environ, **env})
+        wall = time.perf_counter() - start
+        (results.parent / f"{name}.log").write_text(done.stdout[-20000:] + done.stderr[-20000:])
+        row = {"kind": "course", "case": case, "repeat": repeat, "rc": done.returncode, "wall_s": round(wall, 1)}
+        if baseline:
+            row["tree"] = tree
+        summary = runs / name / "summary.json"
+        if done.returncode == 0 and summary.exists():
+            s = json.loads(summary.read_text())
+            row.update(
+                {k: s[k] for k in ("backend", "method", "dtype", "steps", "train_seconds", "peak_memory_mb")},
+                phases=s["phase_seconds"],
+                saved_s=s["wall_seconds"],
+            )
+        append(results, row)
 
 
 def sweep_one(mode: str, model_dir: Path, results: Path) -> None:
@@ -159,8 +190,10 @@ def label(row: dict) -> str:
 def course_table(rows: list[dict]) -> str:
     """One row per case (and checkout): medians of the wall time and of each phase. The ratio is to the same case
     with the baseline checkout in a comparison, else to transformers + PEFT with the same method."""
-    ok = [r for r in rows if r.get("kind") == "course" and r["rc"] == 0]
-    failed = [r for r in rows if r.get("kind") == "course" and r["rc"] != 0]
+    first = [r for r in rows if r.get("kind") == "course" and r["repeat"] == "first run"]
+    timed = [r for r in rows if r.get("kind") == "course" and r["repeat"] != "first run"]
+    ok = [r for r in timed if r["rc"] == 0]
+    failed = [r for r in timed if r["rc"] != 0]
     labels = list(dict.fromkeys(label(r) for r in ok))
     phases = list(dict.fromkeys(p for r in ok for p in r["phases"]))
     compared = any("tree" in r for r in ok)
@@ -191,6 +224,11 @@ def course_table(rows: list[dict]) -> str:
         )
     for r in failed:
         out.append(f"| {label(r)} (repeat {r['repeat']}) | failed (rc {r['rc']}) | | | |")
+    for r in first:
+        out.append(
+            f"\nNot in the medians: the warm-up, the first run on the machine ({label(r)}: GPU kernels compiled, "
+            f"caches built), took {r['wall_s']} s" + ("" if r["rc"] == 0 else f" and failed (rc {r['rc']})") + "."
+        )
     return "\n".join(out)
 
 
@@ -240,15 +278,16 @@ def sweep_table(rows: list[dict], plot: Path | None) -> str:
 
 if __name__ == "__main__":
     verb, *args = sys.argv[1:] or ["help"]
+    repeats = 2
+    if "--repeats" in args:
+        at = args.index("--repeats")
+        repeats = int(args.pop(at + 1))
+        args.pop(at)
     if verb == "run":
-        repeats = 2
-        if "--repeats" in args:
-            at = args.index("--repeats")
-            repeats = int(args.pop(at + 1))
-            args.pop(at)
         run(Path(args[0]), Path(args[1]), args[2:] or list(CASES), repeats)
     elif verb == "compare":
-        run(Path(args[0]), Path(args[2]), args[3:] or ["default-lora", "default-qlora"], baseline=Path(args[1]))
+        cases = args[3:] or ["default-lora", "default-qlora"]
+        run(Path(args[0]), Path(args[2]), cases, repeats, baseline=Path(args[1]))
     elif verb == "sweep":
         sweep(Path(args[0]), Path(args[1]))
     elif verb == "sweep-one":

@@ -107,7 +107,9 @@ def sft_plumbing(cfg: TrainConfig, choice: BackendChoice, output_dir: str | Path
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu,  # on a CPU, torchrun/accelerate processes then train as one DDP (gloo)
-        dataset_num_proc=None,
+        # Tokenize in this process: the lab's few hundred examples take well under a second, while worker processes
+        # take seconds to start (Unsloth sizes a pool of up to 8 for None; it reads 1 as "in-process", and TRL None).
+        dataset_num_proc=1 if choice.backend == "unsloth" else None,
     )
     if cfg.restores_best:
         args.update(
