@@ -202,16 +202,20 @@ def course_table(rows: list[dict]) -> str:
         values = [r[key] if key in r else r["phases"].get(key, 0.0) for r in ok if label(r) == name]
         return statistics.median(values)
 
+    def saved(name):  # older results files do not have it
+        values = [r["saved_s"] for r in ok if label(r) == name and r.get("saved_s") is not None]
+        return f"{statistics.median(values):.1f}" if values else "n/a"
+
     def reference(row):
         name = f"{row['case']} (baseline)" if compared else f"transformers-{row['method']}"
         return median(name, "wall_s") if name in labels else None
 
     against = "the baseline checkout" if compared else "transformers+PEFT"
     out = [
-        f"| case | runs | wall s (each) | wall vs {against} (lower: faster) | "
+        f"| case | runs | wall s (each) | wall vs {against} (lower: faster) | start to saved weights s | "
         + " | ".join(phases)
         + " | steps | peak GiB |",
-        "| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in phases) + " | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in phases) + " | ---: | ---: |",
     ]
     for name in labels:
         mine = [r for r in ok if label(r) == name]
@@ -220,7 +224,7 @@ def course_table(rows: list[dict]) -> str:
         cells = " | ".join(f"{median(name, p):.1f}" for p in phases)
         out.append(
             f"| {name} | {len(mine)} | {median(name, 'wall_s'):.1f} ({' / '.join(str(r['wall_s']) for r in mine)}) | "
-            f"{ratio} | {cells} | {mine[0]['steps']} | {median(name, 'peak_memory_mb') / 1024:.2f} |"
+            f"{ratio} | {saved(name)} | {cells} | {mine[0]['steps']} | {median(name, 'peak_memory_mb') / 1024:.2f} |"
         )
     for r in failed:
         out.append(f"| {label(r)} (repeat {r['repeat']}) | failed (rc {r['rc']}) | | | |")
