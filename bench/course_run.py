@@ -95,9 +95,9 @@ def compile_bytecode(results: Path) -> None:
 def run(model_dir: Path, results: Path, cases: list[str], repeats: int = 2, baseline: Path | None = None) -> None:
     """Each case `repeats` times, in order then in reverse; with `baseline` (a checkout of an earlier commit) each
     case runs with that checkout's CLI right after this one's, so both see the card in the same state. Before them,
-    the packages' bytecode is compiled and the first case runs once untimed (its row is marked "first run"): the
-    first run on a machine also compiles GPU kernels and builds caches (Triton's, matplotlib's fonts) that every
-    later run reuses."""
+    the packages' bytecode is compiled and the first case runs once as a warm-up (its row, marked "first run", stays
+    out of the medians): the first run on a machine also compiles GPU kernels and builds caches (Triton's,
+    matplotlib's fonts) that every later run reuses."""
     runs = results.parent / "runs"
     trees = {"this": REPO} | ({"baseline": baseline} if baseline else {})
     order = [(case, tree) for case in cases for tree in trees]
@@ -202,7 +202,7 @@ def course_table(rows: list[dict]) -> str:
         values = [r[key] if key in r else r["phases"].get(key, 0.0) for r in ok if label(r) == name]
         return statistics.median(values)
 
-    def saved(name):  # older results files do not have it
+    def saved(name):  # n/a, not 0, where no run of the case recorded it
         values = [r["saved_s"] for r in ok if label(r) == name and r.get("saved_s") is not None]
         return f"{statistics.median(values):.1f}" if values else "n/a"
 
