@@ -9,6 +9,10 @@ ARGS   ?=
 # Off by default: machines that already find the CPU wheel (macOS, Windows, the course machines) never wait on it.
 TORCH_INDEX ?=
 TORCH_PIN   := $(shell grep -E '^torch==' requirements.txt | cut -d' ' -f1)
+# llama.cpp for the export, built for any x86-64 with AVX2 rather than for this processor (GGML_NATIVE=OFF), and
+# never taken from pip's wheel cache (--no-cache-dir below): a wheel built natively on another machine stopped
+# with "illegal instruction" at the first q8_0 answer here. The multimodal library is never used (LLAVA_BUILD=OFF).
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
 .PHONY: setup model lab test test-extended clean-venv
 
@@ -19,8 +23,8 @@ $(VENV)/.installed: requirements.txt requirements-lab.txt requirements-dev.txt r
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PIN))
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
-	@echo "installing llama-cpp-python for the export: built from source the first time (about 8 minutes on 2 cores)"
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements-export.txt
+	@echo "installing llama-cpp-python for the export: built from source (about 8 minutes on 2 cores)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir -r requirements-export.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

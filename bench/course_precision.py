@@ -26,16 +26,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 CASES = [("lora", "bfloat16"), ("lora", "float16"), ("qlora", "float16"), ("qlora", "bfloat16")]
 
 
 def course_model_config():
     """TinyLlama-1.1B's layers with the embedded SmolLM2's tokenizer, and that tokenizer."""
+    from shapes import PRESET_SHAPES
     from transformers import AutoConfig, AutoTokenizer
 
     from finetune_lab.embedded import ensure_embedded_base
-    from finetune_lab.shapes import PRESET_SHAPES
 
     values = dict(PRESET_SHAPES["tinyllama-1.1b-chat"])
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_base())

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 CLI = REPO / "labs/unsloth_finetune/train_tiny_model.py"
 
 # case: (CLI flags, environment). "compile": Unsloth's compiler of the model code (UNSLOTH_COMPILE_DISABLE=0/1).
@@ -133,7 +132,6 @@ def sweep_one(mode: str, model_dir: Path, results: Path) -> None:
     import torch
 
     os.environ["SEQ"] = str(max(seq for _, seq in SIZES))  # Unsloth's max_seq_length in lora_speed.raw_model
-    sys.path.insert(0, str(REPO / "bench"))
     import lora_speed
 
     case, _ = SWEEP_MODES[mode]

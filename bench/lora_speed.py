@@ -13,7 +13,7 @@ Cases on DIR (BS x SEQ random tokens, r=16 alpha=16 on all 7 projections, gradie
 median of STEPS steps after WARM warm-up steps):
     hf-lora hf-qlora          raw transformers + PEFT (+ bitsandbytes nf4), SDPA, a plain training loop
     us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
-    lab-lora lab-qlora        the lab: finetune_lab.models.load_for_training + its SFTTrainer, backend unsloth
+    lab-lora lab-qlora        the lab: train_tiny_model.py's model_for_training + its SFTTrainer, backend unsloth
 Cases on the course dataset (data/course_train.jsonl, batch 8, max_seq_length 256, DIR = a SmolLM2-shaped
 model folder, COURSE_STEPS timed steps, default 28), the lab's trainer; these also run on a CPU (backend
 transformers), e.g. on the embedded model itself:
@@ -34,18 +34,18 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import statistics
 import sys
 import time
+
+from finetune_lab.runtime import cuda_available
 
 START = time.perf_counter()
 BS, SEQ = int(os.environ.get("BS", 8)), int(os.environ.get("SEQ", 1024))
 WARM, STEPS = int(os.environ.get("WARM", 3)), int(os.environ.get("STEPS", 20))
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from finetune_lab.models import cuda_available  # noqa: E402  (light: the libraries it wraps load on first use)
 
 
 def raw_model(case, model_dir):
@@ -178,8 +178,9 @@ class StepClock:
 def run_lab(case, model_dir):
     from finetune_lab.config import TrainConfig
     from finetune_lab.data import load_jsonl
-    from finetune_lab.models import load_for_training
-    from finetune_lab.training import build_trainer, make_sft_config
+    from finetune_lab.phases import Phases
+
+    lab = runpy.run_path(os.path.join(REPO, "labs/unsloth_finetune/train_tiny_model.py"))  # the lab's own steps
 
     course = case.startswith("course-")
     batching = case.split("-")[1] if course else "padded"
@@ -201,7 +202,7 @@ def run_lab(case, model_dir):
         run_name=case,
     )
     t0 = time.perf_counter()
-    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    model, tokenizer, choice = lab["model_for_training"](cfg, Phases())
     load_s = time.perf_counter() - t0
     if course:
         dataset = load_jsonl(os.path.join(REPO, "data", "course_train.jsonl"), cfg.system_prompt)
@@ -216,10 +217,11 @@ def run_lab(case, model_dir):
         )
         steps = WARM + STEPS
     clock = StepClock()
-    sft = make_sft_config(
-        cfg, choice, "/tmp/bench-out/" + case, max_steps=steps, save_strategy="no", logging_steps=1, disable_tqdm=True
+    sft = lab["training_args"](
+        cfg, choice, "/tmp/bench-out/" + case, False, max_steps=steps, save_strategy="no", disable_tqdm=True
     )
-    trainer = build_trainer(model, tokenizer, dataset, cfg, choice, sft.output_dir, sft, [clock.callback])
+    trainer = lab["make_trainer"](model, tokenizer, cfg, sft, dataset)
+    trainer.add_callback(clock.callback)
     trainer.data_collator = clock.wrap(trainer.data_collator)
     trainer.train()
     world = int(os.environ.get("WORLD_SIZE", "1"))  # data parallel: every process trains a batch like this one
@@ -407,11 +409,11 @@ def scaling(results_path, out_path):
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "make-tinyllama":
-        from finetune_lab.shapes import build_preset_shape
+        from shapes import build_preset_shape
 
         build_preset_shape("tinyllama-1.1b-chat", sys.argv[2])
     elif command == "make-smollm2":
-        from finetune_lab.shapes import build_like
+        from shapes import build_like
 
         build_like(sys.argv[3], sys.argv[2])
     elif command == "run":

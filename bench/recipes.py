@@ -5,24 +5,25 @@ Who it is for: maintainers choosing the default recipe (CPU: laptops and CI pay 
 the repository root:
     python bench/recipes.py run OUT.jsonl [RECIPE ...]     # every recipe x 3 seeds, one after the other
     python bench/recipes.py table OUT.jsonl [PLOT.png]      # mean and range over seeds, ratios to the default
-Each run trains the embedded SmolLM2-135M with the lab's own run_lab on data/course_train.jsonl (50 examples),
-then answers all 50 trained and 12 held-out prompts greedily (96 new tokens) and scores them (accuracy as in
-modules/05). The default recipe is a row of the same run, so the ratios compare like with like.
+Each run trains the embedded SmolLM2-135M with the lab's own train() (train_tiny_model.py) on
+data/course_train.jsonl (50 examples), then answers all 50 trained and 12 held-out prompts greedily (96 new tokens)
+and scores them (accuracy as in modules/05). The default recipe is a row of the same run, so the ratios compare
+like with like.
 """
 
 from __future__ import annotations
 
 import json
+import runpy
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from finetune_lab.config import TrainConfig
 
-from finetune_lab.config import TrainConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SEEDS = (42, 7, 1234)
 # name -> the settings that differ from TrainConfig's defaults (epochs 8, lr 1e-3 linear, r16/alpha32, batch 8)
@@ -42,12 +43,12 @@ RECIPES = {
 
 def run_one(name: str, seed: int, out: Path) -> dict:
     from finetune_lab.evaluation import aggregate, evaluate_model, load_api, load_splits
-    from finetune_lab.training import run_lab
 
+    train = runpy.run_path(str(REPO / "labs/unsloth_finetune/train_tiny_model.py"))["train"]  # the lab's own run
     cfg = TrainConfig(**RECIPES[name], seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
         # 8-token test answers: the before/after samples are not what this benchmark scores
-        lab = run_lab(cfg.replace(output_dir=tmp, run_name="r", max_new_tokens=8))
+        lab = train(cfg.replace(output_dir=tmp, run_name="r", max_new_tokens=8))
         splits = load_splits({"trained": cfg.data, "held-out": "data/course_heldout.jsonl"}, cfg.system_prompt)
         start = time.perf_counter()
         table = evaluate_model(lab.model, lab.tokenizer, splits, load_api(), max_new_tokens=96)

@@ -145,47 +145,43 @@ def _pid_alive(pid: int) -> bool:
 
 class RunLock:
     """One process per run folder: <run>.lock holds the trainer's pid from before the model loads until the run
-    is published. A lock whose process is gone (killed, machine restarted) is taken over with a note.
+    is published; a lock whose process is gone (killed, machine restarted) is taken over with a note. Written by
+    hand: filelock's FileLock leaves its file behind, and a contender empties it, so it cannot name the holder.
 
     Creating it is also the early check that the output folder can be written."""
 
     def __init__(self, paths: RunPaths):
-        self.path = paths.lock
-        self.held = False
-        self.made_folder = False
+        self.path, self.held, self.made_folder = paths.lock, False, False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         try:
             self.made_folder = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(
-                f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an "
-                "--output_dir you can write to"
+                f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an --output_dir you can "
+                "write to"
             ) from None
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and _pid_alive(holder):
-                    raise ConfigError(
-                        f"another process (pid {holder}) is training this run right now "
-                        f"({self.path} is its lock); wait for it to finish or stop it, then run "
-                        "this command again. Nothing was touched"
-                    ) from None
-                print(f"[finetune_lab] removed a stale lock {self.path} (pid {holder} is no longer running)")
-                self.path.unlink(missing_ok=True)
-                continue
-            except OSError as err:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = self._holder()
+            if holder is not None and _pid_alive(holder):
                 raise ConfigError(
-                    f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir you can write to"
+                    f"another process (pid {holder}) is training this run right now ({self.path} is its lock); wait "
+                    "for it to finish or stop it, then run this command again. Nothing was touched"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            self.held = True
-            return self
-        raise ConfigError(f"could not take the lock {self.path}; remove it if no run is training")
+            print(f"[finetune_lab] removed a stale lock {self.path} (pid {holder} is no longer running)")
+            self.path.unlink(missing_ok=True)
+            return self.acquire()
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir you can write to"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        self.held = True
+        return self
 
     def _holder(self) -> int | None:
         try:
@@ -200,30 +196,46 @@ class RunLock:
                 self.path.parent.rmdir()  # a run that stopped before writing anything leaves nothing
         self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
 
 
-def _staging(final: Path) -> Path:
+def staging_for(final: Path) -> Path:
+    """A fresh hidden folder beside `final` to write into until the work is complete (see publish)."""
     staging = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     return staging
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Move a complete staging folder to `final`; an older `final` is kept until the new one is in place."""
-    old = None
+def publish(staging: Path, final: Path, replace: bool = True) -> None:
+    """Move a complete staging folder to `final`; an older `final` is kept until the new one is in place. With
+    replace=False an existing `final` (another process finished the same work first) is kept instead."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists() and not replace:
+        shutil.rmtree(staging)
+        return
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     staging.rename(final)
-    if old is not None:
-        shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(final: Path, replace: bool = True):
+    """The stage-then-rename idiom: a block writes into the yielded folder, which becomes `final` only if the block
+    completes; a half-written result never appears under the final name."""
+    staging = staging_for(final)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, final, replace)
 
 
 def clean_stale_staging(folder: Path) -> None:
@@ -234,24 +246,23 @@ def clean_stale_staging(folder: Path) -> None:
 
 @contextlib.contextmanager
 def writing_run(paths: RunPaths, run_config: dict):
-    """The folder to save a finished run into: a hidden staging folder, published as paths.run only when the
-    block completes (an interrupted save never leaves a half-written run), then the run's resumable state goes."""
-    paths.run.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_staging(paths.run.parent)
-    staging = _staging(paths.run)
-    yield staging
+    """The folder to save a finished run into, published as paths.run only when the block completes (an
+    interrupted save never leaves a half-written run); then the run's resumable state goes."""
     from .model_card import hub_id, write_model_card
 
-    adapter_config = staging / "adapter_config.json"
-    if adapter_config.exists():
-        # For stock tools (AutoPeftModelForCausalLM): the hub id, not a lab preset name or this machine's cache
-        # path. The lab's own load_checkpoint resolves run_config.json's model instead, offline.
-        values = json.loads(adapter_config.read_text())
-        values["base_model_name_or_path"] = hub_id(run_config["model"])
-        adapter_config.write_text(json.dumps(values, indent=2))
-    (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
-    write_model_card(staging)  # replaces PEFT's empty template
-    publish(staging, paths.run)
+    paths.run.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_staging(paths.run.parent)
+    with staged(paths.run) as staging:
+        yield staging
+        adapter_config = staging / "adapter_config.json"
+        if adapter_config.exists():
+            # For stock tools (AutoPeftModelForCausalLM): the hub id, not a lab preset name or this machine's cache
+            # path. The lab's own load_checkpoint resolves run_config.json's model instead, offline.
+            values = json.loads(adapter_config.read_text())
+            values["base_model_name_or_path"] = hub_id(run_config["model"])
+            adapter_config.write_text(json.dumps(values, indent=2))
+        (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
+        write_model_card(staging)  # replaces PEFT's empty template
     shutil.rmtree(paths.resume, ignore_errors=True)
 
 
@@ -315,8 +326,9 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
 
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, choose_dtype("auto", None if device == "cpu" else gpu()))
+    card = gpu() if device != "cpu" else None
+    device = device or ("cuda" if card else "cpu")
+    dtype = getattr(torch, choose_dtype("auto", card))
     if run_config.get("method") == "full":  # full fine-tuning saved the whole model
         _check_weights(run_dir / "model.safetensors")
         read_json(run_dir / "config.json", "retrain the run, or restore the file from a copy")

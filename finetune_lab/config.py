@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -165,3 +166,43 @@ QUICK_OVERRIDES = dict(
 
 def quick_config(**overrides) -> TrainConfig:
     return TrainConfig(**{"run_name": "quick", **QUICK_OVERRIDES, **overrides})
+
+
+FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """TrainConfig's fields as flags, with their names, types, defaults and help; the CLI, the preflight and the
+    rank comparison share them. Written by hand rather than with transformers' HfArgumentParser: importing
+    transformers before the backend is chosen would import it before Unsloth, which then warns and patches less."""
+    for f in dataclasses.fields(TrainConfig):
+        # SUPPRESS: a flag not given stays out of the namespace, so --test_mode can tell given flags from defaults
+        common = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
+        if f.type == "tuple[str, ...]":
+            parser.add_argument(f"--{f.name}", nargs="+", **common)
+        elif f.type in ("bool", "bool | None"):
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **common)
+        else:
+            parser.add_argument(f"--{f.name}", type=FLAG_TYPES[f.type], **common)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, quick: bool = False) -> TrainConfig:
+    """The TrainConfig of the flags given (quick: on top of QUICK_OVERRIDES, which the flags given beat)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return quick_config(**given) if quick else TrainConfig(**given)
+
+
+def as_flags(cfg: TrainConfig) -> list[str]:
+    """The flags that give `cfg` to the lab's scripts (those that differ from the defaults): a notebook runs a
+    script with its own settings."""
+    flags = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == f.default:
+            continue
+        if isinstance(value, bool):
+            flags.append(f"--{'' if value else 'no-'}{f.name}")
+        else:
+            flags += [f"--{f.name}", *(map(str, value) if isinstance(value, tuple) else [str(value or "")])]
+    return flags

@@ -3,7 +3,7 @@
 Who it is for: students before their first run (the notebooks' first cell prints the same report), and anyone
 reporting a problem. How to run (from the repository root):
     python -m finetune_lab.doctor                                  # the notebooks' default model, LoRA
-    python -m finetune_lab.doctor --model tinyllama-1.1b-chat --method full
+    python -m finetune_lab.doctor --model tinyllama-1.1b-chat --method full   # any flag of train_tiny_model.py
 It exits 1 when the estimated peak memory does not fit, after printing the fix.
 """
 
@@ -15,7 +15,7 @@ import platform
 import sys
 from dataclasses import dataclass
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from .memory import MB, MemoryEstimate, estimate, shape_of
 from .models import (
     BackendChoice,
@@ -143,26 +143,11 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="default: the notebooks' choice for this machine")
-    parser.add_argument("--method", default="lora", help="lora | qlora | full")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch_size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--max_seq_length", type=int, default=TrainConfig.max_seq_length)
-    args = parser.parse_args(argv)
+    parser = add_config_flags(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)  # every training flag; --model defaults to the notebooks' choice for this machine
     try:
-        if args.model is None:
-            model, reason = default_model(gpu())
-        else:
-            model, reason = args.model, "given"
-        cfg = TrainConfig(
-            model=model,
-            method=args.method,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_seq_length=args.max_seq_length,
-        )
-        report = preflight(cfg, reason)
+        model, reason = (args.model, "given") if hasattr(args, "model") else default_model(gpu())
+        report = preflight(config_from_args(argparse.Namespace(**{**vars(args), "model": model})), reason)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

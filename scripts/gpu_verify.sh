@@ -11,7 +11,7 @@
 # 0. the preflight (python -m finetune_lab.doctor): versions, card, native bf16, dtype, memory estimate
 # 1. tests/labs/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1), saved with their outputs in OUT_DIR
-# 3. the hub presets' architectures (random weights) through both backends: scripts/check_presets.py
+# 3. the hub presets' architectures (random weights) through both backends: bench/check_presets.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-verify}
@@ -56,5 +56,5 @@ for error in errors:
 sys.exit(1 if errors else 0)
 PY
 done
-[[ $stages == *" presets "* ]] && { python3 scripts/check_presets.py "$out/presets" 2>&1 | tee "$out/presets.txt" || status=1; }
+[[ $stages == *" presets "* ]] && { python3 bench/check_presets.py "$out/presets" 2>&1 | tee "$out/presets.txt" || status=1; }
 exit $status

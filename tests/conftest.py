@@ -5,15 +5,10 @@ Nothing here is mocked: the run is the lab's own script training SmolLM2-135M on
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for finetune_lab
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for helpers
-
-from helpers import run_cli  # noqa: E402
+from helpers import run_cli
 
 
 @pytest.fixture(scope="session")

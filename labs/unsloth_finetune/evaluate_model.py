@@ -18,13 +18,35 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+import pandas as pd
 
-from finetune_lab.checkpoints import CheckpointError  # noqa: E402
-from finetune_lab.config import ConfigError  # noqa: E402
-from finetune_lab.data import DatasetError  # noqa: E402
-from finetune_lab.evaluation import DEFAULT_API, evaluate_checkpoint  # noqa: E402
+from finetune_lab.checkpoints import CheckpointError, load_checkpoint
+from finetune_lab.config import ConfigError, TrainConfig
+from finetune_lab.data import DatasetError
+from finetune_lab.evaluation import DEFAULT_API, evaluate_model, load_api, load_splits, save_evaluation
+from finetune_lab.tracking import log_run_files, wandb_run
+
+
+def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -> pd.DataFrame:
+    """The notebook's section 4: every prompt answered by the base (adapter off) and the fine-tuned model, scored,
+    and written to <run>/eval/. Returns the summary table."""
+    model, tokenizer, run_config = load_checkpoint(args.run_dir)
+    max_new_tokens = args.max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
+    api = load_api(args.api)
+    datasets = load_splits(data, run_config.get("system_prompt"), args.limit, split_off)
+    tables = []
+    if not args.no_base and hasattr(model, "disable_adapter"):  # full fine-tuning left no base to ask
+        with model.disable_adapter():
+            tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="base"))
+    tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
+    table = pd.concat(tables, ignore_index=True)
+    summary = save_evaluation(args.run_dir, table)
+    if args.wandb:  # a wandb run named after the training run, offline unless WANDB_API_KEY is set
+        cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(args.run_dir).name}-eval"})
+        with wandb_run(cfg, Path(args.run_dir).parent):
+            log_run_files(Path(args.run_dir) / "eval", table=table, table_name="eval")
+            log_run_files(Path(args.run_dir) / "eval", table=summary, table_name="eval_summary")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,16 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
     try:
-        _, summary = evaluate_checkpoint(
-            args.run_dir,
-            data,
-            args.api,
-            compare_base=not args.no_base,
-            limit=args.limit,
-            max_new_tokens=args.max_new_tokens,
-            wandb=args.wandb,
-            split_off=split_off,
-        )
+        summary = evaluate(args, data, split_off)
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ llama.cpp and Ollama, and check that llama.cpp answers as your checkpoint does.
 
 Who it is for: students who want to use their model outside the notebook, instructors, CI.
 Needs llama.cpp's Python package once: pip install -r requirements-export.txt (builds llama.cpp from source,
-about 10 minutes on 2 cores the first time; `make setup` does it).
+several minutes on 2 cores the first time; `make setup` does it).
 How to run (from the repository root):
     python labs/unsloth_finetune/export_model.py checkpoints/smollm2-lora-r16                # f16 and q8_0
     python labs/unsloth_finetune/export_model.py checkpoints/smollm2-lora-r16 --gguf q8_0     # one type
@@ -20,14 +20,70 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing the package
+from finetune_lab.checkpoints import CheckpointError, load_checkpoint
+from finetune_lab.config import ConfigError, TrainConfig
+from finetune_lab.data import DatasetError, load_jsonl
+from finetune_lab.export import (
+    GGUF_TYPES,
+    MERGED,
+    REFERENCE,
+    ExportError,
+    abandon,
+    base_as_trained,
+    finish_export,
+    gguf_label,
+    llama_cpp_answers,
+    merge_and_save,
+    modelfile,
+    open_gguf,
+    parity_report,
+    plan_export,
+    prompt_tokens_match,
+    write_gguf,
+)
+from finetune_lab.generation import greedy_answers
+from finetune_lab.phases import Phases
 
-from finetune_lab.checkpoints import CheckpointError  # noqa: E402
-from finetune_lab.config import ConfigError  # noqa: E402
-from finetune_lab.data import DatasetError  # noqa: E402
-from finetune_lab.export import GGUF_TYPES, ExportError, export_run  # noqa: E402
-from finetune_lab.phases import Phases  # noqa: E402
+
+def export(run_dir, types, heldout: str, limit: int = 0, max_new_tokens: int | None = None, overwrite=False) -> Path:
+    """The whole export, in the notebook's order; on any failure nothing is left half-written."""
+    plan = plan_export(run_dir, types, overwrite)  # everything checked before a model loads
+    cfg, phases = plan.run_config, Phases()
+    try:
+        max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
+        examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
+        prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
+        print(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
+        with phases("load the checkpoint"):
+            model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
+            base_as_trained(model, cfg.get("method"))  # QLoRA only: the base rounded to NF4, as the adapter saw it
+        with phases("answer: checkpoint"):
+            answers = {REFERENCE: greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size=1)}
+        print("merging the adapter into the base weights")
+        with phases("merge and save"):
+            merged = merge_and_save(model, tokenizer, plan)
+        with phases("answer: merged"):
+            answers[MERGED] = greedy_answers(merged, tokenizer, prompts, max_new_tokens, batch_size=1)
+        del model, merged
+        for outtype in plan.types:
+            with phases(f"write {outtype}"):
+                for step in write_gguf(plan, outtype):
+                    print(f"  {step}")
+            with phases(f"answer: {outtype} (llama.cpp)"):
+                llm = open_gguf(plan.gguf(outtype))
+                if not prompt_tokens_match(llm, tokenizer, prompts[0]):
+                    raise ExportError(
+                        f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
+                        "the tokenizer's chat template did not reach the GGUF"
+                    )
+                answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
+                llm.close()
+        report = {**parity_report(plan, prompts, references, answers, tokenizer), "phase_seconds": phases.rounded()}
+        ollama = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
+        return finish_export(plan, report, prompts, ollama)
+    except BaseException:
+        abandon(plan)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export of this run")
     args = parser.parse_args(argv)
     try:
-        folder = export_run(args.run_dir, args.gguf, args.heldout, args.limit, args.max_new_tokens, args.overwrite)
+        folder = export(args.run_dir, args.gguf, args.heldout, args.limit, args.max_new_tokens, args.overwrite)
     except (CheckpointError, ConfigError, DatasetError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -55,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; the export folder appears only when complete, so nothing was written", file=sys.stderr)
         return 130
     print((folder / "parity.md").read_text())
-    phases = Phases()
-    phases.seconds = json.loads((folder / "parity.json").read_text())["phase_seconds"]
+    phases = Phases(json.loads((folder / "parity.json").read_text())["phase_seconds"])
     print(f"where the time went:\n{phases.table()}\n")
     print(
         f"written: {folder} (merged/, GGUF files, Modelfile, parity.md); model card: {Path(args.run_dir) / 'README.md'}"

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-from helpers import REPO
 
 from finetune_lab.checkpoints import CheckpointError, clean_stale_staging, load_checkpoint
 from finetune_lab.generation import generate
@@ -18,7 +17,6 @@ PROMPTS = ["Plant tomatoes in bed 1 of `garden`.", 'Create a gardenkit garden na
 SAVE_THEN_HANG = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    sys.path.insert(0, sys.argv[2])
     from finetune_lab.checkpoints import RunPaths, load_checkpoint, writing_run
     run = Path(sys.argv[1])
     model, tokenizer, run_config = load_checkpoint(run, device="cpu")
@@ -36,7 +34,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_loadable(tmp_path, 
     model, tokenizer, _ = load_checkpoint(run, device="cpu")
     before = generate(model, tokenizer, PROMPTS, max_new_tokens=32)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SAVE_THEN_HANG, str(run), str(REPO)],
+        [sys.executable, "-c", SAVE_THEN_HANG, str(run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -214,7 +212,6 @@ DAMAGE = [
 def test_a_damaged_run_folder_gives_one_line_naming_the_file_and_the_fix(
     tmp_path, trained_run, capsys, case, damage, message
 ):
-    sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
     import evaluate_model
 
     run = tmp_path / "run"

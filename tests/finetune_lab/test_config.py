@@ -7,7 +7,8 @@ from helpers import REPO, run_cli
 
 from finetune_lab.checkpoints import prepare_run
 from finetune_lab.config import ConfigError, TrainConfig
-from finetune_lab.models import choose_backend, cuda_available, resolve_model
+from finetune_lab.models import choose_backend, resolve_model
+from finetune_lab.runtime import cuda_available
 
 
 @pytest.mark.parametrize(

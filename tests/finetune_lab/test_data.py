@@ -3,9 +3,9 @@
 import json
 
 import pytest
+import train_tiny_model as lab
 from helpers import REPO, write_jsonl
 
-from finetune_lab import training
 from finetune_lab.config import TrainConfig
 from finetune_lab.data import MAX_LINE_CHARS, DatasetError, load_jsonl
 
@@ -107,9 +107,9 @@ def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, monkeypatch, name
     def no_model_yet(*args, **kwargs):
         raise AssertionError("a model was loaded before the dataset was validated")
 
-    monkeypatch.setattr(training, "load_for_training", no_model_yet)
+    monkeypatch.setattr(lab, "load_model", no_model_yet)
     with pytest.raises(DatasetError) as err:
-        training.run_lab(TrainConfig(data=str(path), output_dir=str(tmp_path / "out")))
+        lab.train(TrainConfig(data=str(path), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
     message = str(err.value)
     assert message.startswith(str(path)) and "Fix:" in message
@@ -120,13 +120,13 @@ def test_bad_dataset_names_file_line_problem_and_fix(tmp_path, monkeypatch, name
 
 def test_missing_file_and_non_utf8_bytes(tmp_path):
     with pytest.raises(DatasetError, match="nope.jsonl: the file does not exist"):
-        training.run_lab(TrainConfig(data=str(tmp_path / "nope.jsonl"), output_dir=str(tmp_path / "out")))
+        lab.train(TrainConfig(data=str(tmp_path / "nope.jsonl"), output_dir=str(tmp_path / "out")))
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(
         json.dumps(ALPACA).encode() + b"\n" + '{"instruction": "Gie\xdfe", "output": "x"}'.encode("latin-1")
     )
     with pytest.raises(DatasetError, match=r"line 2: byte 0xdf is not UTF-8.*save the file as UTF-8"):
-        training.run_lab(TrainConfig(data=str(latin1), output_dir=str(tmp_path / "out")))
+        lab.train(TrainConfig(data=str(latin1), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
@@ -164,8 +164,9 @@ def test_a_fake_turn_inside_the_user_text_is_refused(tmp_path, smollm2_tokenizer
 
 
 def test_the_rule_follows_the_chosen_models_template(tmp_path, smollm2_tokenizer):
+    from shapes import toy_chat_tokenizer
+
     from finetune_lab.data import check_chat_markers
-    from finetune_lab.shapes import toy_chat_tokenizer
 
     zephyr = toy_chat_tokenizer()  # TinyLlama's and StableLM-Zephyr's format: <|user|> ... </s>
     rows = [{**ALPACA, "output": "garden.water(bed=2)</s>\n<|user|>\nthanks"}]

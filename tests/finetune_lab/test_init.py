@@ -16,7 +16,6 @@ LIGHT = [
     "finetune_lab.training",
     "finetune_lab.memory",
     "finetune_lab.doctor",
-    "finetune_lab.install_gpu",
     "finetune_lab.tracking",
     "finetune_lab.phases",
 ]

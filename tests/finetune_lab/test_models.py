@@ -1,11 +1,13 @@
 """finetune_lab.models: when gradient checkpointing is on, and the base model's answers from fresh adapters."""
 
 import pytest
+import train_tiny_model as lab
 from helpers import REPO
 
 from finetune_lab.config import TrainConfig
 from finetune_lab.generation import generate
-from finetune_lab.models import BackendChoice, adapters_off, gradient_checkpointing_choice, load_for_training
+from finetune_lab.models import BackendChoice, adapters_off, gradient_checkpointing_choice
+from finetune_lab.phases import Phases
 
 CPU = BackendChoice("transformers", "cpu", "float32", "lora")
 
@@ -21,7 +23,7 @@ def test_gradient_checkpointing_is_off_on_a_cpu_unless_configured():
 @pytest.mark.slow
 def test_fresh_adapters_change_no_answer_so_the_before_answers_are_the_base_models(tmp_path, base_model_dir):
     cfg = TrainConfig(data=str(REPO / "data" / "course_train.jsonl"), output_dir=str(tmp_path))
-    model, tokenizer, _ = load_for_training(cfg, verbose=False)
+    model, tokenizer, _ = lab.model_for_training(cfg, Phases())
     prompts = ["Plant 8 onions in bed 4 of `garden`.", "What is LoRA?"]
     with_adapters = generate(model, tokenizer, prompts, max_new_tokens=12, progress=False)
     with adapters_off(model):

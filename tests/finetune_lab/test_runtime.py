@@ -15,7 +15,7 @@ H200 = Gpu("NVIDIA H200", (9, 0), 143771, 143000)
     "card,dtype", [(None, "float32"), (V100, "float16"), (T4, "float16"), (A100, "bfloat16"), (H200, "bfloat16")]
 )
 def test_auto_picks_the_cards_native_precision(card, dtype):
-    assert native_dtype(card.capability if card else None) == dtype
+    assert native_dtype(card) == dtype
     assert choose_dtype("auto", card) == dtype
 
 

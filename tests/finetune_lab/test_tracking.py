@@ -4,10 +4,10 @@ import json
 import time
 
 import pytest
+import train_tiny_model as lab
 from helpers import REPO
 
 from finetune_lab.config import quick_config
-from finetune_lab.training import run_lab
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +25,11 @@ def test_wandb_logs_offline_without_an_api_key(tmp_path, monkeypatch, base_model
         max_new_tokens=8,
         wandb=True,
     )
-    lab = run_lab(cfg)
+    run = lab.train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list(tmp_path.rglob("*"))[:20]
     files = runs[0] / "files"
-    assert json.loads((files / "loss_history.json").read_text()) == lab.result.history
+    assert json.loads((files / "loss_history.json").read_text()) == run.result.history
     assert json.loads((files / "run_config.json").read_text())["rank"] == cfg.rank
     assert list((files / "media" / "images").glob("loss_curve_*.png"))
     # Every step's loss went into the run's event log (what `wandb sync` uploads later). wandb-core's writer may

@@ -1,10 +1,11 @@
-"""finetune_lab.training on the real embedded model: prompt masking, EOS, padding-free and packed batches,
-determinism, Ctrl-C and --resume."""
+"""finetune_lab.training through the lab's script (train_tiny_model.py) on the real embedded model: prompt masking,
+EOS, padding-free and packed batches, determinism, Ctrl-C and --resume."""
 
 import json
 import re
 
 import pytest
+import train_tiny_model as lab
 from helpers import REPO
 from transformers import TrainerCallback
 
@@ -12,14 +13,9 @@ import finetune_lab.models as models
 from finetune_lab.config import ConfigError, TrainConfig, quick_config
 from finetune_lab.data import load_jsonl
 from finetune_lab.embedded import CHATML_END
-from finetune_lab.models import BackendChoice, load_for_training, use_dense_packed_mask
-from finetune_lab.training import (
-    TrainingInterrupted,
-    build_trainer,
-    keep_fp16_master_weights,
-    make_sft_config,
-    run_lab,
-)
+from finetune_lab.models import BackendChoice, use_dense_packed_mask
+from finetune_lab.phases import Phases
+from finetune_lab.training import TrainingInterrupted, keep_fp16_master_weights
 
 pytestmark = pytest.mark.slow
 DATA = str(REPO / "data" / "course_train.jsonl")
@@ -41,9 +37,18 @@ def short_config(tmp_path, run_name, **changes):
     return quick_config(**values)
 
 
+def load_for_training(cfg):
+    return lab.model_for_training(cfg, Phases())
+
+
+def build_trainer(model, tokenizer, dataset, cfg, choice, output_dir, args=None, validation=None):
+    args = args or lab.training_args(cfg, choice, output_dir, validation=validation is not None)
+    return lab.make_trainer(model, tokenizer, cfg, args, dataset, validation)
+
+
 def test_prompt_tokens_are_masked_and_the_answer_ends_with_eos(tmp_path, base_model_dir):
     cfg = short_config(tmp_path, "mask")
-    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    model, tokenizer, choice = load_for_training(cfg)
     dataset = load_jsonl(DATA)
     dataset.examples = dataset.examples[:2]
     trainer = build_trainer(model, tokenizer, dataset, cfg, choice, tmp_path / "mask.resume")
@@ -66,7 +71,7 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
     import torch
 
     padded_cfg = short_config(tmp_path, "padded", max_seq_length=256, **config)
-    model, tokenizer, choice = load_for_training(padded_cfg, verbose=False)
+    model, tokenizer, choice = load_for_training(padded_cfg)
     model.eval()
     dataset = load_jsonl(DATA, padded_cfg.system_prompt)
     dataset.examples = dataset.examples[:8]
@@ -79,7 +84,7 @@ def padded_flat_and_mixed_losses(tmp_path, batching, **config):
         flat_cfg,
         choice,
         tmp_path / "flat",
-        make_sft_config(flat_cfg, choice, tmp_path / "flat"),
+        lab.training_args(flat_cfg, choice, tmp_path / "flat", validation=False),
     )
     rows = [flat.train_dataset[i] for i in range(len(flat.train_dataset))]
     padded_batch = padded.data_collator([padded.train_dataset[i] for i in range(8)])
@@ -111,10 +116,10 @@ def test_padding_free_and_packed_batches_keep_examples_apart_so_the_loss_is_the_
 
 
 def test_packed_training_takes_fewer_larger_steps_per_epoch_and_learns(tmp_path, base_model_dir):
-    lab = run_lab(short_config(tmp_path, "packed", packing=True, max_seq_length=256, max_new_tokens=16))
+    run = lab.train(short_config(tmp_path, "packed", packing=True, max_seq_length=256, max_new_tokens=16))
     # 8 examples packed into 256-token rows fill one batch of 4 rows: one step per epoch instead of two.
-    assert lab.result.history[0]["epoch"] == 1 and lab.result.steps == 6
-    assert lab.result.losses[-1] < lab.result.losses[0] / 2
+    assert run.result.history[0]["epoch"] == 1 and run.result.steps == 6
+    assert run.result.losses[-1] < run.result.losses[0] / 2
 
 
 def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_varlen_kernel(monkeypatch):
@@ -134,7 +139,7 @@ def test_unsloth_masks_packed_rows_densely_only_for_short_batches_without_a_gqa_
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, base_model_dir):
     tmp = tmp_path_factory.mktemp("runs")
-    return run_lab(short_config(tmp, "straight", max_new_tokens=16))
+    return lab.train(short_config(tmp, "straight", max_new_tokens=16))
 
 
 # The loss history of short_config's run (8 course examples, 6 steps, seed 42) with torch 2.13.0 CPU,
@@ -169,7 +174,7 @@ class CtrlCAfter(TrainerCallback):
 def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_path, uninterrupted):
     cfg = short_config(tmp_path, "cut", max_new_tokens=16)
     with pytest.raises(TrainingInterrupted, match=r"step 3.*resume=True \(--resume\)"):
-        run_lab(cfg, callbacks=[CtrlCAfter(3)])
+        lab.train(cfg, callbacks=[CtrlCAfter(3)])
     assert not (tmp_path / "cut").exists()
     assert (tmp_path / "cut.resume" / "checkpoint-3" / "adapter_model.safetensors").exists()
     first_leg = json.loads((tmp_path / "cut.resume" / "train_seconds.json").read_text())["train_seconds"]
@@ -179,8 +184,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reaches_the_same_final_loss(tmp_pa
         (dict(rank=8), "rank 16 (interrupted run) vs 8 (now)"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(named) + ".*pass overwrite=True"):
-            run_lab(cfg.replace(**change), resume=True)
-    resumed = run_lab(cfg.replace(save_steps=50), resume=True)  # a safe change is allowed
+            lab.train(cfg.replace(**change), resume=True)
+    resumed = lab.train(cfg.replace(save_steps=50), resume=True)  # a safe change is allowed
     assert resumed.result.steps == 6
     assert resumed.result.seconds > first_leg  # the summary's time covers both legs
     assert json.loads((tmp_path / "cut" / "run_config.json").read_text())["learning_rate"] == cfg.learning_rate
@@ -195,9 +200,9 @@ def test_too_long_examples_are_counted_and_reported_as_truncated(tmp_path, base_
     rows[1]["output"] = "\n".join(f"garden.water(bed={i % 4 + 1}, liters={i})" for i in range(40))
     data = tmp_path / "long.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    lab = run_lab(short_config(tmp_path, "long", data=str(data), max_steps=1, max_new_tokens=4))
+    run = lab.train(short_config(tmp_path, "long", data=str(data), max_steps=1, max_new_tokens=4))
     message = "1 example(s) exceed max_seq_length=128 tokens and are truncated (their end is cut)"
-    assert message in capsys.readouterr().out and message in " ".join(lab.warnings)
+    assert message in capsys.readouterr().out and message in " ".join(run.warnings)
 
 
 @pytest.mark.extended
@@ -205,20 +210,22 @@ def test_full_fine_tuning_saves_the_whole_model_and_reloads_it(tmp_path, base_mo
     from finetune_lab.checkpoints import load_checkpoint
     from finetune_lab.generation import generate
 
-    lab = run_lab(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2, max_new_tokens=16))
-    assert lab.result.trainable_params == lab.result.total_params
+    run = lab.train(short_config(tmp_path, "full", method="full", learning_rate=1e-5, max_steps=2, max_new_tokens=16))
+    assert run.result.trainable_params == run.result.total_params
     assert (tmp_path / "full" / "model.safetensors").exists() and not (
         tmp_path / "full" / "adapter_config.json"
     ).exists()
     model, tokenizer, run_config = load_checkpoint(tmp_path / "full", device="cpu")
     assert run_config["method"] == "full"
-    assert generate(model, tokenizer, lab.prompts, max_new_tokens=16) == lab.after
+    assert generate(model, tokenizer, [s["messages"] for s in run.samples], max_new_tokens=16) == [
+        s["after"] for s in run.samples
+    ]
 
 
 def test_a_batch_larger_than_the_data_reports_the_batch_that_trained(tmp_path, base_model_dir):
-    lab = run_lab(short_config(tmp_path, "big", batch_size=1000, max_steps=1, max_new_tokens=4))
-    assert lab.result.effective_batch_size == 8  # short_config trains on 8 examples
-    assert "batch_size 1000 x 1 process(es) is more than the 8 examples" in " ".join(lab.warnings)
+    run = lab.train(short_config(tmp_path, "big", batch_size=1000, max_steps=1, max_new_tokens=4))
+    assert run.result.effective_batch_size == 8  # short_config trains on 8 examples
+    assert "batch_size 1000 x 1 process(es) is more than the 8 examples" in " ".join(run.warnings)
     assert json.loads((tmp_path / "big" / "summary.json").read_text())["effective_batch_size"] == 8
 
 
@@ -240,7 +247,7 @@ def test_early_stopping_uses_transformers_callback_and_goes_back_to_the_best_epo
     from transformers import EarlyStoppingCallback
 
     cfg = short_config(tmp_path, "early", early_stopping_patience=2)
-    model, tokenizer, choice = load_for_training(cfg, verbose=False)
+    model, tokenizer, choice = load_for_training(cfg)
     data = load_jsonl(DATA)
     trainer = build_trainer(model, tokenizer, data, cfg, choice, tmp_path / "early.resume", validation=data)
     assert any(isinstance(c, EarlyStoppingCallback) for c in trainer.callback_handler.callbacks)
@@ -248,4 +255,4 @@ def test_early_stopping_uses_transformers_callback_and_goes_back_to_the_best_epo
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
     assert args.eval_strategy == args.save_strategy == "epoch"
     with pytest.raises(ConfigError, match="need held-out data"):
-        make_sft_config(cfg.replace(early_stopping_patience=0, keep_best=True), choice, tmp_path / "x")
+        lab.training_args(cfg.replace(early_stopping_patience=0, keep_best=True), choice, tmp_path / "x", False)

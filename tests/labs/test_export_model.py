@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from export_model import export
 from helpers import REPO, run_script, write_jsonl
 
 from finetune_lab.embedded import HUB_ID
-from finetune_lab.export import ExportError, export_run, plan_export
+from finetune_lab.export import ExportError, plan_export
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +131,7 @@ def test_an_export_that_fails_midway_leaves_the_earlier_export_and_nothing_half_
     before = (run / "export" / "parity.json").read_text()
     bad = write_jsonl(tmp_path / "heldout.jsonl", ['{"instruction": "Water bed 1."}'], raw=True)
     with pytest.raises(Exception, match=r"heldout\.jsonl, line 1"):
-        export_run(run, ("f16",), heldout=bad, overwrite=True)
+        export(run, ("f16",), heldout=bad, overwrite=True)
     assert (run / "export" / "parity.json").read_text() == before
     assert not list(run.glob(".export.*"))
 

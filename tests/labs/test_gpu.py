@@ -17,8 +17,7 @@ from helpers import REPO, run_cli
 from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
-from finetune_lab.models import cuda_available
-from finetune_lab.runtime import gpu, native_dtype
+from finetune_lab.runtime import cuda_available, gpu, native_dtype
 
 pytestmark = [
     pytest.mark.gpu,
@@ -57,7 +56,7 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"backend={backend} device=cuda" in done.stdout and f"method={method}" in done.stdout
     # bf16 on Ampere and newer, fp16 on a T4 (also under scripts/t4sim), whatever is_bf16_supported() says
-    assert f"dtype={native_dtype(gpu().capability)}" in done.stdout
+    assert f"dtype={native_dtype(gpu())}" in done.stdout
     run = tmp_path / "gpu"
     losses = [h["loss"] for h in json.loads((run / "loss_history.json").read_text()) if "loss" in h]
     assert losses[-1] < 0.5 * losses[0]
@@ -71,7 +70,7 @@ def test_cli_trains_saves_and_reloads_on_the_gpu(tmp_path, base_model_dir, backe
             {
                 "backend": backend,
                 "method": method,
-                "dtype": native_dtype(gpu().capability),
+                "dtype": native_dtype(gpu()),
                 "losses": [losses[0], losses[-1]],
                 "reload_identical_on_gpu": on_gpu == [s["after"] for s in samples],
             }
@@ -90,7 +89,6 @@ PACKED_ATTENTION = {"per example": "1", "one dense block mask": "0"}
 LOSSES_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-sys.path[:0] = ["tests", "tests/finetune_lab"]
 from test_training import padded_flat_and_mixed_losses
 padded, flat, mixed, _ = padded_flat_and_mixed_losses(Path(sys.argv[1]), sys.argv[2], backend="unsloth",
                                                       model=sys.argv[3])
@@ -105,7 +103,13 @@ def unsloth_batch_losses(tmp_path, batching, attention, model_dir):
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, "UNSLOTH_SDPA_PACKED_SEGMENTS": PACKED_ATTENTION[attention]},
+        env={
+            **os.environ,
+            "UNSLOTH_SDPA_PACKED_SEGMENTS": PACKED_ATTENTION[attention],
+            "PYTHONPATH": os.pathsep.join(
+                ["tests", "tests/finetune_lab", "labs/unsloth_finetune", os.environ.get("PYTHONPATH", "")]
+            ),
+        },
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ from helpers import MARKER, REPO, TRAIN_NOTEBOOK, checked_output
 NOTEBOOKS = sorted(p for p in (REPO / "labs").rglob("*.ipynb") if p.parent.name != "executed")
 REPO_URL = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 SLUG = REPO_URL.removeprefix("https://github.com/")
-# solutions.ipynb solves the exercises with the script twin's orchestration (run_lab) and names each CLI command.
+# solutions.ipynb solves the exercises with the script twin's own run (train) and names each CLI command.
 TWINS = {
     "train_model.ipynb": "train_tiny_model.py",
     "evaluate_model.ipynb": "evaluate_model.py",
@@ -117,11 +117,11 @@ def test_the_executed_copy_for_reading_on_github_runs_the_same_code(path):
 def test_the_export_notebook_takes_the_export_scripts_steps_in_the_same_order():
     import inspect
 
-    from finetune_lab.export import export_run
+    from export_model import export
 
-    steps = ["plan_export(", "load_checkpoint(", "base_as_trained(", "transformers_answers(", "merge_and_save("]
+    steps = ["plan_export(", "load_checkpoint(", "base_as_trained(", "greedy_answers(", "merge_and_save("]
     steps += ["write_gguf(", "llama_cpp_answers(", "parity_report(", "modelfile(", "finish_export("]
     notebook = nbformat.read(REPO / "labs" / "unsloth_finetune" / "export_model.ipynb", as_version=4)
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
-    for source in (inspect.getsource(export_run), code):
+    for source in (inspect.getsource(export), code):
         assert sorted(steps, key=source.index) == steps

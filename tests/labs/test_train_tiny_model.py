@@ -230,10 +230,10 @@ def test_wrong_target_modules_and_chat_markers_in_the_data_stop_before_training(
     ],
 )
 def test_cli_flags_come_from_the_config_with_their_types(argv, expected):
-    import sys
-
-    sys.path.insert(0, str(REPO / "labs" / "unsloth_finetune"))
     import train_tiny_model
 
-    cfg = train_tiny_model.config_from_args(train_tiny_model.build_parser().parse_args(argv))
+    from finetune_lab.config import config_from_args
+
+    args = train_tiny_model.build_parser().parse_args(argv)
+    cfg = config_from_args(args, quick=args.test_mode)
     assert {k: getattr(cfg, k) for k in expected} == expected

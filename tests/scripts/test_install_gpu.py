@@ -1,13 +1,11 @@
-"""finetune_lab.install_gpu: the Colab/GPU install never names torch, and picks xformers and torchao for the
+"""scripts/install_gpu.py: the Colab/GPU install never names torch, and picks xformers and torchao for the
 running torch. scripts/check_gpu_install.py proves it against PyPI (it needs the network, so it is not run here)."""
 
 import subprocess
 
 import nbformat
 import pytest
-from helpers import REPO
-
-from finetune_lab.install_gpu import NO_DEPS, WITH_DEPS, install_commands
+from install_gpu import NO_DEPS, REPO, WITH_DEPS, install_commands
 
 
 @pytest.mark.parametrize(
@@ -19,10 +17,11 @@ from finetune_lab.install_gpu import NO_DEPS, WITH_DEPS, install_commands
     ],
 )
 def test_xformers_only_in_the_build_for_the_running_torch(torch_version, xformers, torchao):
-    no_deps, with_deps = install_commands(torch_version)
+    no_deps, with_deps, package = install_commands(torch_version)
     assert no_deps[:3] == ["--no-deps", "-r", str(NO_DEPS)] and torchao in no_deps
     assert (xformers in no_deps) if xformers else not any(a.startswith("xformers") for a in no_deps)
     assert with_deps == ["-r", str(WITH_DEPS)]
+    assert package == ["--no-deps", str(REPO)]  # the lab's own package, last, without touching the others
 
 
 def requirement_names(path):
@@ -45,7 +44,7 @@ def test_no_requirement_installed_on_a_gpu_names_torch_or_its_companions():
 def test_every_notebook_installs_through_the_same_installer_on_colab():
     for path in sorted((REPO / "labs").rglob("*.ipynb")):
         setup = nbformat.read(path, as_version=4).cells[1].source
-        assert '"google.colab" in sys.modules' in setup and '"finetune_lab.install_gpu"' in setup, path.name
+        assert '"google.colab" in sys.modules' in setup and '"scripts/install_gpu.py"' in setup, path.name
 
 
 def test_make_takes_the_cpu_torch_from_an_index_only_when_asked():

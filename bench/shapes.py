@@ -2,7 +2,7 @@
 
 Training throughput and memory do not depend on the weights' values, so a model built from a preset's
 config measures the same as the real one; what it answers is meaningless. Used by bench/lora_speed.py and
-scripts/check_presets.py (the device has no hub access).
+bench/check_presets.py and the tests (the device has no hub access).
 """
 
 from __future__ import annotations
@@ -10,37 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# The configs of the hub presets (dimensions as published on the hub model cards' config.json).
-PRESET_SHAPES = {
-    "tinyllama-1.1b-chat": dict(
-        model_type="llama",
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-    ),
-    "stablelm-2-zephyr-1.6b": dict(
-        model_type="stablelm",
-        vocab_size=100352,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=24,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        max_position_embeddings=4096,
-        layer_norm_eps=1e-5,
-        rope_theta=10000.0,
-        partial_rotary_factor=0.25,
-        use_qkv_bias=True,
-        tie_word_embeddings=False,
-    ),
-}
+from finetune_lab.models import PRESET_SHAPES
+
 # TinyLlama-Chat and StableLM-2-Zephyr both use the Zephyr chat format.
 ZEPHYR_TEMPLATE = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}"

@@ -2,12 +2,12 @@
 
 Who it is for: Colab users (the notebooks' first cell runs it) and anyone with a CUDA GPU. How to run, from the
 repository root:
-    python -m finetune_lab.install_gpu              # install
-    python -m finetune_lab.install_gpu --dry-run    # print the pip commands only
+    python scripts/install_gpu.py              # install
+    python scripts/install_gpu.py --dry-run    # print the pip commands only
 It follows Unsloth's own Colab recipe (the install cell of unslothai/notebooks): Unsloth, unsloth_zoo and their
 torch-bound companions go in with --no-deps, xformers only in the build made for the running torch, then the lab's
-pinned libraries with their dependencies. torch itself is never installed or replaced. Running it again after a
-failure is safe: pip skips what is already there.
+pinned libraries with their dependencies, and last the lab's own package (finetune_lab). torch itself is never
+installed or replaced. Running it again after a failure is safe: pip skips what is already there.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def install_commands(torch_version: str) -> list[list[str]]:
     no_deps = ["--no-deps", "-r", str(NO_DEPS), torchao_for(torch_version)]
     if xformers:
         no_deps.append(f"xformers=={xformers}")
-    return [no_deps, ["-r", str(WITH_DEPS)]]
+    # the lab's package as a plain (not editable) install: a running notebook kernel imports it at once
+    return [no_deps, ["-r", str(WITH_DEPS)], ["--no-deps", str(REPO)]]
 
 
 def main(argv: list[str] | None = None) -> int:

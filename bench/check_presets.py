@@ -3,8 +3,8 @@
 
 Who it is for: maintainers checking that TinyLlama-1.1B-Chat and StableLM-2-Zephyr-1.6B still train through
 Unsloth and through transformers + PEFT, on a machine without hub access (weights are random, built from
-each preset's config by finetune_lab.shapes; the tokenizer is a toy one with the Zephyr chat template).
-How to run, from the repository root:   python scripts/check_presets.py [OUT_DIR]
+each preset's config by bench/shapes.py; the tokenizer is a toy one with the Zephyr chat template).
+How to run, from the repository root:   python bench/check_presets.py [OUT_DIR]
 (PRESETS="tinyllama-1.1b-chat" limits the presets; each runs LoRA and QLoRA on both backends, or the
 COMBOS given, e.g. COMBOS="unsloth:qlora transformers:qlora".)
 Prints one JSON line per (preset, backend, method): exit code, steps, first/last loss, seconds.
@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from shapes import PRESET_SHAPES, build_preset_shape
 
-from finetune_lab.shapes import PRESET_SHAPES, build_preset_shape  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 COMBOS = [("unsloth", "lora"), ("transformers", "lora"), ("unsloth", "qlora"), ("transformers", "qlora")]
 
