@@ -237,3 +237,45 @@ def test_cli_flags_come_from_the_config_with_their_types(argv, expected):
     args = train_tiny_model.build_parser().parse_args(argv)
     cfg = config_from_args(args, quick=args.test_mode)
     assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+def test_every_setting_reaches_both_the_notebook_and_the_script():
+    """Twins, not two kitchens: every TrainConfig field is read by train_model.ipynb's cells and by the script
+    (directly, through a package function both call, or, in the notebook, as the variable it also passes to the
+    loader), so no setting can be ignored by one of them (as grad_accum once was by the notebook)."""
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    import nbformat
+    import train_tiny_model
+
+    from finetune_lab import models, tracking, training
+    from finetune_lab.config import TrainConfig
+
+    def reads(tree, name):
+        attributes = (n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name))
+        return {n.attr for n in attributes if n.value.id == name}
+
+    both_call = [models.choose_backend, models.gradient_checkpointing_choice, training.sft_plumbing, tracking.wandb_run]
+    notebook = "\n".join(c.source for c in nbformat.read(TRAIN_NOTEBOOK, as_version=4).cells if c.cell_type == "code")
+    script = inspect.getsource(train_tiny_model)
+    for function in both_call:
+        assert f"{function.__name__}(" in notebook and f"{function.__name__}(" in script, function.__name__
+    shared = set().union(*(reads(ast.parse(inspect.getsource(f)), "cfg") for f in both_call))
+    properties = [TrainConfig.restores_best.fget, TrainConfig.truncates_long_examples.fget]
+    shared |= set().union(*(reads(ast.parse(textwrap.dedent(inspect.getsource(p))), "self") for p in properties))
+    tree = ast.parse(notebook)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    passed_on = {a.id for c in calls if getattr(c.func, "id", "") != "TrainConfig" for a in c.args if hasattr(a, "id")}
+    as_loaded = {
+        kw.arg
+        for c in calls
+        if getattr(c.func, "id", "") == "TrainConfig"
+        for kw in c.keywords
+        if getattr(kw.value, "id", None) in passed_on
+    }
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not fields - reads(tree, "config") - shared - as_loaded, "settings the notebook ignores"
+    assert not fields - reads(ast.parse(script), "cfg") - shared, "settings the script ignores"
