@@ -70,9 +70,8 @@ def estimate_mb(shape, method: str, dtype: str, tokens_per_row: int | None = Non
     from finetune_lab.config import TrainConfig
     from finetune_lab.memory import estimate
 
-    cfg = TrainConfig()
-    length = tokens_per_row or cfg.max_seq_length
-    return estimate(shape, method, dtype, cfg.rank, cfg.batch_size, length, True).total_mb
+    cfg = TrainConfig(method=method)
+    return estimate(shape, cfg.replace(max_seq_length=tokens_per_row or cfg.max_seq_length), dtype, True).total_mb
 
 
 def longest_course_row(tokenizer) -> int:

@@ -206,67 +206,57 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+def _parse(path: Path, n: int, line: str) -> dict:
+    """One line as a JSON object, or the DatasetError that says what is wrong with it."""
+    if len(line) > MAX_LINE_CHARS:
+        raise DatasetError(
+            path,
+            f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
+            "split it into shorter examples, or check that a whole file was not pasted into one field",
+            n,
+        )
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            path,
+            f"the line is not valid JSON ({err.msg} at column {err.colno})",
+            "check for a cut-off line, a missing quote or comma, or single quotes (JSON needs double quotes)",
+            n,
+        ) from None
+    if not isinstance(row, dict):
+        fix = "write each example as one {...} object per line"
+        raise DatasetError(path, f"the line is a JSON {type(row).__name__}, not an object", fix, n)
+    return row
+
+
 def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     """Read and validate every line of a JSONL dataset; raise DatasetError at the first bad one."""
     path = Path(path)
-    schema = None
-    schema_line = 0
-    examples = []
+    schema, schema_line, examples = None, 0, []
     for n, line in _read_lines(path):
-        if len(line) > MAX_LINE_CHARS:
-            raise DatasetError(
-                path,
-                f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
-                "split it into shorter examples, or check that a whole file was not pasted into one field",
-                n,
-            )
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(
-                path,
-                f"the line is not valid JSON ({err.msg} at column {err.colno})",
-                "check for a cut-off line, a missing quote or comma, or single quotes (JSON needs double quotes)",
-                n,
-            ) from None
-        if not isinstance(row, dict):
-            raise DatasetError(
-                path,
-                f"the line is a JSON {type(row).__name__}, not an object",
-                "write each example as one {...} object per line",
-                n,
-            )
+        row = _parse(path, n, line)
         row_schema = _schema_of(row)
         if row_schema is None or isinstance(row_schema, list):
             names = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
             what = "match none" if row_schema is None else f"mix {' and '.join(row_schema)}, two"
-            raise DatasetError(
-                path,
-                f"the fields {sorted(row)} {what} of the three schemas ({names})",
-                "rename the fields to exactly one of those schemas",
-                n,
-            )
+            problem = f"the fields {sorted(row)} {what} of the three schemas ({names})"
+            raise DatasetError(path, problem, "rename the fields to exactly one of those schemas", n)
         if schema is None:
             schema, schema_line = row_schema, n
         elif row_schema != schema:
-            raise DatasetError(
-                path,
-                f"this line uses the {row_schema} schema but line {schema_line} uses {schema}",
-                "use one schema for the whole file",
-                n,
-            )
+            problem = f"this line uses the {row_schema} schema but line {schema_line} uses {schema}"
+            raise DatasetError(path, problem, "use one schema for the whole file", n)
         examples.append(_example(row, schema, path, n, system_prompt))
-    trailing = [ex.line for ex in examples if ex.ignored_turns]
     seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
-    duplicates = sum(count - 1 for count in seen.values())
-    dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=duplicates)
-    if duplicates:
-        dataset.warnings.append(f"{path}: {duplicates} duplicate example(s); they are kept and weigh double")
+    dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=sum(c - 1 for c in seen.values()))
+    if dataset.duplicates:
+        dataset.warnings.append(f"{path}: {dataset.duplicates} duplicate example(s); they are kept and weigh double")
+    trailing = [str(ex.line) for ex in examples if ex.ignored_turns]
     if trailing:
         dataset.warnings.append(
-            f"{path}, line(s) {', '.join(map(str, trailing[:10]))}: the chat goes on after its "
-            "last assistant answer; those turns are not trained on (end each chat with the "
-            "answer to learn)"
+            f"{path}, line(s) {', '.join(trailing[:10])}: the chat goes on after its last assistant answer; those "
+            "turns are not trained on (end each chat with the answer to learn)"
         )
     return dataset
 

@@ -135,10 +135,9 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
     except (ConfigError, OSError, ValueError):
         memory = None
     else:
-        args = (shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length)
-        beside_weights = free_mb - estimate(*args, gradient_checkpointing=False).weights_mb
+        beside_weights = free_mb - estimate(shape, cfg, choice.dtype, gradient_checkpointing=False).weights_mb
         checkpointing, _ = gradient_checkpointing_choice(cfg, choice, shape, beside_weights)
-        memory = estimate(*args, gradient_checkpointing=checkpointing)
+        memory = estimate(shape, cfg, choice.dtype, gradient_checkpointing=checkpointing)
     return Preflight(cfg, choice, card, model_reason, memory, free_mb)
 
 

@@ -73,24 +73,23 @@ class MemoryEstimate:
         return self.weights_mb + self.training_state_mb + self.activations_mb
 
 
-def estimate(
-    shape: ModelShape, method: str, dtype: str, rank: int, batch_size: int, seq_len: int, gradient_checkpointing: bool
-) -> MemoryEstimate:
-    """Peak training memory (what torch reports as allocated) for one step of `method` in `dtype`."""
-    half = BYTES[dtype]
+def estimate(shape: ModelShape, cfg, dtype: str, gradient_checkpointing: bool) -> MemoryEstimate:
+    """Peak training memory (what torch reports as allocated) for one step of the TrainConfig `cfg` (its method,
+    rank, batch_size and max_seq_length) in `dtype`."""
+    half, method = BYTES[dtype], cfg.method
     if method == "full":
         # fp16 keeps fp32 master weights (the loss scaler cannot step fp16 weights); bf16 trains in bf16.
         stored = 4 if dtype != "bfloat16" else half
         weights, trainable = shape.params * stored, shape.params
         state = shape.params * stored * 3  # gradient + Adam's two moments
     else:
-        trainable = shape.lora_per_rank * rank
+        trainable = shape.lora_per_rank * cfg.rank
         if method == "qlora":
             weights = shape.quantizable * NF4_BYTES + (shape.params - shape.quantizable) * half
         else:
             weights = shape.params * half
         state = trainable * 16  # fp32 adapter weight, gradient, two moments
-    tokens = batch_size * seq_len
+    tokens = cfg.batch_size * cfg.max_seq_length
     per_layer = tokens * shape.hidden * ACTIVATION_BYTES_PER_HIDDEN * half / 2
     if gradient_checkpointing:  # every layer keeps its input; one layer at a time is recomputed in full
         activations = tokens * shape.hidden * half * shape.layers + per_layer
@@ -107,11 +106,10 @@ def estimate(
 CHECKPOINTING_FREE_SHARE = 0.5
 
 
-def checkpointing_choice(
-    shape: ModelShape, method: str, dtype: str, rank: int, batch_size: int, seq_len: int, free_mb: float
-) -> tuple[bool, str]:
-    """Whether a GPU run needs gradient checkpointing, and why, given the memory free beside the loaded weights."""
-    without = estimate(shape, method, dtype, rank, batch_size, seq_len, gradient_checkpointing=False)
+def checkpointing_choice(shape: ModelShape, cfg, dtype: str, free_mb: float) -> tuple[bool, str]:
+    """Whether a GPU run of `cfg` needs gradient checkpointing, and why, given the memory free beside the loaded
+    weights."""
+    without = estimate(shape, cfg, dtype, gradient_checkpointing=False)
     needed = without.training_state_mb + without.activations_mb
     sizes = f"~{needed / 1024:.1f} GB of activations and optimizer state without it, {free_mb / 1024:.1f} GB free"
     if needed > CHECKPOINTING_FREE_SHARE * free_mb:

@@ -13,6 +13,51 @@ from pathlib import Path
 from .embedded import EMBEDDED, EMBEDDED_GGUF, EMBEDDED_WHEEL, HUB_ID
 
 CARD = "README.md"
+CARD_TEMPLATE = """---
+base_model: {base}
+library_name: {library}
+pipeline_tag: text-generation
+tags:
+{tags}
+---
+
+# {name}
+
+{base} fine-tuned with {method} in Module 04 of the LLM course ("Fine-Tuning LLMs (From Scratch and
+Adapters)"). A course artifact: it shows what a few minutes of fine-tuning on a small dataset do, not a model to
+deploy.
+
+## Base model
+[{base}](https://huggingface.co/{base}). {origin}
+
+## Data
+`{data}`: {examples} examples ({schema} schema). System prompt:
+"{system_prompt}"
+
+## Training settings
+{settings}
+
+## Training
+{training}
+
+![loss curve](loss_curve.png)
+
+## Scores
+{scores}
+
+## Export (merged model and GGUF)
+{export}
+
+## How to load
+{how_to_load}
+
+## Intended use and limitations
+- Intended use: learning how LoRA / QLoRA fine-tuning works, comparing runs, trying the exported GGUF in llama.cpp
+  or Ollama. Not for production or for facts.
+- {examples} training examples teach a format and a small API (the course's made-up `gardenkit` library);
+  outside it the model answers like its base, invented details included.
+- Scores are on a few held-out prompts of the same kind as the training data; they do not measure general ability.
+"""
 
 
 def hub_id(model: str) -> str:
@@ -28,7 +73,7 @@ def _read(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
+def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(["| setting | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
 
 
@@ -67,11 +112,53 @@ def _export(parity: dict | None, run: str) -> str:
     return "\n".join(lines) + f"\n\nGreedy answers to {parity['prompts']} held-out prompts (export/parity.md).{notes}"
 
 
+def _settings(cfg: dict) -> list[tuple[str, object]]:
+    adapter, choice = cfg.get("method") in ("lora", "qlora"), cfg.get("backend_choice", {})
+    return [
+        ("method", cfg.get("method")),
+        ("LoRA rank / alpha / dropout", f"{cfg.get('rank')} / {cfg.get('alpha')} / {cfg.get('dropout')}")
+        if adapter
+        else ("trainable", "every weight (full fine-tuning)"),
+        ("target modules", ", ".join(cfg.get("target_modules", [])) if adapter else "all"),
+        ("epochs / max steps", f"{cfg.get('epochs')} / {cfg.get('max_steps')}"),
+        ("batch size x accumulation", f"{cfg.get('batch_size')} x {cfg.get('grad_accum')}"),
+        ("learning rate (linear decay)", cfg.get("learning_rate")),
+        ("max_seq_length", cfg.get("max_seq_length")),
+        ("seed", cfg.get("seed")),
+        ("trained with", f"{choice.get('backend')} on {choice.get('device')}, {choice.get('dtype')}"),
+    ]
+
+
+def _training(summary: dict) -> list[tuple[str, object]]:
+    best, trainable = summary.get("best_validation_loss"), summary.get("trainable_params")
+    return [
+        ("optimizer steps", summary.get("steps")),
+        ("training seconds", summary.get("train_seconds")),
+        ("loss, first / last step", f"{summary.get('first_loss')} / {summary.get('last_loss')}"),
+        ("best validation loss (step)", f"{best} ({summary.get('best_validation_step')})")
+        if best is not None
+        else ("validation loss", "n/a (no held-out file)"),
+        ("trainable / total parameters", f"{trainable:,} / {summary.get('total_params'):,}")
+        if trainable
+        else ("trainable parameters", "n/a"),
+    ]
+
+
+def _how_to_load(folder: str, adapter: bool) -> str:
+    if not adapter:
+        load = f'model = AutoModelForCausalLM.from_pretrained("{folder}")'
+        return f"```python\nfrom transformers import AutoModelForCausalLM\n{load}\n```"
+    return (
+        "```python\n# the lab (offline, the embedded base included)\nfrom finetune_lab.checkpoints import "
+        f'load_checkpoint\nmodel, tokenizer, run_config = load_checkpoint("{folder}")\n\n'
+        "# stock PEFT (downloads the base from the hub)\nfrom peft import AutoPeftModelForCausalLM\n"
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{folder}")\n```'
+    )
+
+
 def model_card(run_dir: Path) -> str:
     cfg = _read(run_dir / "run_config.json") or {}
-    summary = _read(run_dir / "summary.json") or {}
-    base = hub_id(cfg.get("model", "?"))
-    adapter = cfg.get("method") in ("lora", "qlora")
+    base, adapter = hub_id(cfg.get("model", "?")), cfg.get("method") in ("lora", "qlora")
     name = cfg.get("run_name", run_dir.name)  # run_dir may still be the hidden staging folder
     folder = f"{cfg.get('output_dir', 'checkpoints')}/{name}"
     origin = (
@@ -81,89 +168,23 @@ def model_card(run_dir: Path) -> str:
         if cfg.get("model") == EMBEDDED
         else ""
     )
-    choice = cfg.get("backend_choice", {})
-    settings = [
-        ("method", cfg.get("method")),
-        ("LoRA rank / alpha / dropout", f"{cfg.get('rank')} / {cfg.get('alpha')} / {cfg.get('dropout')}")
-        if adapter
-        else ("trainable", "every weight (full fine-tuning)"),
-        ("target modules", ", ".join(cfg.get("target_modules", []))) if adapter else ("target modules", "all"),
-        ("epochs / max steps", f"{cfg.get('epochs')} / {cfg.get('max_steps')}"),
-        ("batch size x accumulation", f"{cfg.get('batch_size')} x {cfg.get('grad_accum')}"),
-        ("learning rate (linear decay)", cfg.get("learning_rate")),
-        ("max_seq_length", cfg.get("max_seq_length")),
-        ("seed", cfg.get("seed")),
-        ("trained with", f"{choice.get('backend')} on {choice.get('device')}, {choice.get('dtype')}"),
-    ]
-    trained = [
-        ("optimizer steps", summary.get("steps")),
-        ("training seconds", summary.get("train_seconds")),
-        ("loss, first / last step", f"{summary.get('first_loss')} / {summary.get('last_loss')}"),
-        (
-            "best validation loss (step)",
-            f"{summary.get('best_validation_loss')} ({summary.get('best_validation_step')})",
-        )
-        if summary.get("best_validation_loss") is not None
-        else ("validation loss", "n/a (no held-out file)"),
-        ("trainable / total parameters", f"{summary.get('trainable_params'):,} / {summary.get('total_params'):,}")
-        if summary.get("trainable_params")
-        else ("trainable parameters", "n/a"),
-    ]
-    tags = "\n".join(f"- {t}" for t in (["lora"] if adapter else []) + ["sft", "course-artifact"])
-    load = (
-        "```python\n# the lab (offline, the embedded base included)\nfrom finetune_lab.checkpoints import "
-        f'load_checkpoint\nmodel, tokenizer, run_config = load_checkpoint("{folder}")\n\n'
-        "# stock PEFT (downloads the base from the hub)\nfrom peft import AutoPeftModelForCausalLM\n"
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{folder}")\n```'
-        if adapter
-        else "```python\nfrom transformers import AutoModelForCausalLM\n"
-        f'model = AutoModelForCausalLM.from_pretrained("{folder}")\n```'
+    return CARD_TEMPLATE.format(
+        base=base,
+        name=name,
+        origin=origin,
+        library="peft" if adapter else "transformers",
+        tags="\n".join(f"- {t}" for t in (["lora"] if adapter else []) + ["sft", "course-artifact"]),
+        method=cfg.get("method"),
+        data=cfg.get("data"),
+        examples=cfg.get("examples"),
+        schema=cfg.get("dataset_schema"),
+        system_prompt=cfg.get("system_prompt") or "(the model's own default)",
+        settings=_table(_settings(cfg)),
+        training=_table(_training(_read(run_dir / "summary.json") or {})),
+        scores=_scores(_read(run_dir / "eval" / "summary.json"), folder),
+        export=_export(_read(run_dir / "export" / "parity.json"), folder),
+        how_to_load=_how_to_load(folder, adapter),
     )
-    return f"""---
-base_model: {base}
-library_name: {"peft" if adapter else "transformers"}
-pipeline_tag: text-generation
-tags:
-{tags}
----
-
-# {name}
-
-{base} fine-tuned with {cfg.get("method")} in Module 04 of the LLM course ("Fine-Tuning LLMs (From Scratch and
-Adapters)"). A course artifact: it shows what a few minutes of fine-tuning on a small dataset do, not a model to
-deploy.
-
-## Base model
-[{base}](https://huggingface.co/{base}). {origin}
-
-## Data
-`{cfg.get("data")}`: {cfg.get("examples")} examples ({cfg.get("dataset_schema")} schema). System prompt:
-"{cfg.get("system_prompt") or "(the model's own default)"}"
-
-## Training settings
-{_table([(k, str(v)) for k, v in settings])}
-
-## Training
-{_table([(k, str(v)) for k, v in trained])}
-
-![loss curve](loss_curve.png)
-
-## Scores
-{_scores(_read(run_dir / "eval" / "summary.json"), folder)}
-
-## Export (merged model and GGUF)
-{_export(_read(run_dir / "export" / "parity.json"), folder)}
-
-## How to load
-{load}
-
-## Intended use and limitations
-- Intended use: learning how LoRA / QLoRA fine-tuning works, comparing runs, trying the exported GGUF in llama.cpp
-  or Ollama. Not for production or for facts.
-- {cfg.get("examples")} training examples teach a format and a small API (the course's made-up `gardenkit` library);
-  outside it the model answers like its base, invented details included.
-- Scores are on a few held-out prompts of the same kind as the training data; they do not measure general ability.
-"""
 
 
 def write_model_card(run_dir: str | Path) -> Path:

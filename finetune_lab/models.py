@@ -245,7 +245,7 @@ def gradient_checkpointing_choice(
     shape = shape or shape_of(model_config(cfg.model), cfg.target_modules)
     if free_mb is None:
         free_mb = torch.cuda.mem_get_info(processes().local_rank)[0] / MB
-    return checkpointing_choice(shape, cfg.method, choice.dtype, cfg.rank, cfg.batch_size, cfg.max_seq_length, free_mb)
+    return checkpointing_choice(shape, cfg, choice.dtype, free_mb)
 
 
 def check_target_modules(model, target_modules, model_name: str) -> None:

@@ -42,7 +42,7 @@ def test_on_this_cpu_the_report_names_versions_device_dtype_model_and_whether_it
 def test_full_fine_tuning_of_tinyllama_on_a_t4_does_not_fit_and_the_fix_is_adapters():
     cfg = TrainConfig(model="tinyllama-1.1b-chat", method="full")
     shape = shape_of(model_config(cfg.model), cfg.target_modules)
-    memory = estimate(shape, "full", "float16", 16, 8, 256, True)
+    memory = estimate(shape, cfg, "float16", True)
     report = Preflight(
         cfg, BackendChoice("unsloth", "cuda:0 (Tesla T4)", "float16", "full"), T4, "given", memory, T4.free_mb
     )
@@ -55,7 +55,7 @@ def test_full_fine_tuning_of_tinyllama_on_a_t4_does_not_fit_and_the_fix_is_adapt
         report.choice,
         T4,
         "given",
-        estimate(shape, "qlora", "float16", 16, 8, 256, True),
+        estimate(shape, cfg.replace(method="qlora"), "float16", True),
         T4.free_mb,
     )
     assert qlora.fits is True and "fits: yes" in "\n".join(qlora.lines())

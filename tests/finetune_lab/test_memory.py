@@ -2,7 +2,7 @@
 
 import pytest
 
-from finetune_lab.config import ALL_LINEAR
+from finetune_lab.config import ALL_LINEAR, TrainConfig
 from finetune_lab.memory import MB, checkpointing_choice, estimate, shape_of
 from finetune_lab.models import model_config
 
@@ -19,10 +19,7 @@ def test_tinyllama_has_its_published_size_and_lora_r16_trains_1_percent(tinyllam
 
 
 def test_full_vs_lora_vs_qlora_memory_follows_the_module(tinyllama):
-    args = dict(rank=16, batch_size=8, seq_len=256, gradient_checkpointing=True)
-    full = estimate(tinyllama, "full", "float16", **args)
-    lora = estimate(tinyllama, "lora", "float16", **args)
-    qlora = estimate(tinyllama, "qlora", "float16", **args)
+    full, lora, qlora = (estimate(tinyllama, TrainConfig(method=m), "float16", True) for m in ("full", "lora", "qlora"))
     # full fine-tuning in fp16 mixed precision: 16 bytes per parameter, ~17.6 GB before activations
     assert (full.weights_mb + full.training_state_mb) * MB / 1e9 == pytest.approx(17.6, abs=0.1)
     # LoRA: the 16-bit base (2.2 GB) and 16 bytes per adapter parameter (0.20 GB)
@@ -34,18 +31,19 @@ def test_full_vs_lora_vs_qlora_memory_follows_the_module(tinyllama):
 
 
 def test_gradient_checkpointing_and_shorter_batches_need_fewer_activations(tinyllama):
-    kept = estimate(tinyllama, "lora", "bfloat16", 16, 8, 256, gradient_checkpointing=False)
-    recomputed = estimate(tinyllama, "lora", "bfloat16", 16, 8, 256, gradient_checkpointing=True)
-    short = estimate(tinyllama, "lora", "bfloat16", 16, 8, 128, gradient_checkpointing=True)
+    course = TrainConfig()  # LoRA r=16, batch 8 x 256 tokens
+    kept = estimate(tinyllama, course, "bfloat16", gradient_checkpointing=False)
+    recomputed = estimate(tinyllama, course, "bfloat16", gradient_checkpointing=True)
+    short = estimate(tinyllama, course.replace(max_seq_length=128), "bfloat16", gradient_checkpointing=True)
     assert kept.activations_mb > recomputed.activations_mb > short.activations_mb
     assert kept.weights_mb == recomputed.weights_mb
 
 
 def test_checkpointing_is_chosen_only_where_the_batch_would_not_fit_beside_the_weights(tinyllama):
-    course = (tinyllama, "lora", "float16", 16, 8, 256)
+    course = (tinyllama, TrainConfig(), "float16")  # LoRA r=16, batch 8 x 256 tokens, on a T4
     # a T4 after loading TinyLlama in fp16: ~12.5 GB free; the course batch needs ~4 GB without checkpointing
     on, why = checkpointing_choice(*course, free_mb=12.5 * 1024)
     assert not on and why.startswith("off: ~3.7 GB") and "12.5 GB free" in why
     # the same batch on a card with 4 GB left, or 4 x the batch on the T4: recompute rather than run out
     assert checkpointing_choice(*course, free_mb=4 * 1024)[0]
-    assert checkpointing_choice(tinyllama, "lora", "float16", 16, 32, 256, free_mb=12.5 * 1024)[0]
+    assert checkpointing_choice(tinyllama, TrainConfig(batch_size=32), "float16", free_mb=12.5 * 1024)[0]
