@@ -283,7 +283,13 @@ def read_run_config(run_dir: str | Path) -> dict:
             f"{run_dir} is not a finished run folder (no {RUN_CONFIG}); "
             "pass a folder under checkpoints/ written by train_tiny_model.py"
         )
-    return read_json(run_dir / RUN_CONFIG, "retrain the run, or restore the file from a copy")
+    fix = "retrain the run, or restore the file from a copy"
+    config = read_json(run_dir / RUN_CONFIG, fix)
+    if not isinstance(config, dict) or not {"model", "method"} <= set(config):
+        raise CheckpointError(
+            f"{run_dir / RUN_CONFIG} is damaged (not the settings of a run: no model or method); {fix}"
+        )
+    return config
 
 
 def _check_weights(path: Path) -> None:

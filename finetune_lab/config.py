@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass
 
 METHODS = ("lora", "qlora", "full")
@@ -14,6 +15,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Tells the base model what is asked (code for the course library), so that base vs fine-tuned compares
 # code with code and the base model's invented API calls can be counted.
+MAX_RUN_NAME_BYTES = 200
 COURSE_SYSTEM_PROMPT = "You write Python code that uses the gardenkit library. Answer with code only."
 
 
@@ -101,6 +103,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
+        # "~/x" means the home folder, as in a shell (a Python path would make a folder named "~" here)
+        self.data, self.output_dir = os.path.expanduser(self.data), os.path.expanduser(self.output_dir)
         self.system_prompt = self.system_prompt or None
         self.validate()
 
@@ -120,18 +124,26 @@ class TrainConfig:
             "learning_rate": self.learning_rate,
             "max_seq_length": self.max_seq_length,
             "save_steps": self.save_steps,
+            "max_new_tokens": self.max_new_tokens,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {value}")
-        if self.early_stopping_patience < 0:
-            raise ConfigError(f"early_stopping_patience must be 0 (off) or more, got {self.early_stopping_patience}")
+        off_or_more = ("early_stopping_patience", "limit_examples", "limit_heldout", "seed")
+        for name in off_or_more:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise ConfigError("target_modules is empty: name at least one linear layer, e.g. q_proj")
         if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.startswith("."):
             raise ConfigError(f"run_name {self.run_name!r} must be a plain folder name (no slashes, no leading dot)")
+        if len(self.run_name.encode()) > MAX_RUN_NAME_BYTES:  # the staging and .resume names must fit too
+            raise ConfigError(
+                f"run_name is {len(self.run_name.encode())} bytes long; file systems allow 255 for a folder name and "
+                f"the lab adds to it: keep it to {MAX_RUN_NAME_BYTES} (--run_name)"
+            )
 
     @property
     def restores_best(self) -> bool:
@@ -185,6 +197,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         else:
             parser.add_argument(f"--{f.name}", type=FLAG_TYPES[f.type], **common)
     return parser
+
+
+def at_least(low: int):
+    """An argparse type: a whole number of at least `low` (the scripts' --limit 0+, --max_new_tokens 1+)."""
+
+    def parse(text: str) -> int:
+        if int(text) < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {text}")
+        return int(text)
+
+    return parse
 
 
 def config_from_args(args: argparse.Namespace, quick: bool = False) -> TrainConfig:

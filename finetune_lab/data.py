@@ -203,7 +203,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not text.strip():
         what = "the file is empty" if not text else "the file holds only blank lines"
         raise DatasetError(path, what, 'put one JSON object per line, e.g. {"instruction": "...", "output": "..."}')
-    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    # JSONL lines end at a newline only: a string may hold U+2028 or U+0085, which str.splitlines() would split at
+    return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
 
 
 def _parse(path: Path, n: int, line: str) -> dict:
@@ -251,7 +252,11 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
     dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=sum(c - 1 for c in seen.values()))
     if dataset.duplicates:
-        dataset.warnings.append(f"{path}: {dataset.duplicates} duplicate example(s); they are kept and weigh double")
+        most = max(seen.values())
+        dataset.warnings.append(
+            f"{path}: {dataset.duplicates} duplicate example(s); they are kept, so an example that appears {most} "
+            f"times weighs {most} times as much as the others (remove the copies unless that is what you want)"
+        )
     trailing = [str(ex.line) for ex in examples if ex.ignored_turns]
     if trailing:
         dataset.warnings.append(

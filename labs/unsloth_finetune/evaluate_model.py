@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from finetune_lab.checkpoints import CheckpointError, load_checkpoint
-from finetune_lab.config import ConfigError, TrainConfig
+from finetune_lab.config import ConfigError, TrainConfig, at_least
 from finetune_lab.data import DatasetError
 from finetune_lab.evaluation import DEFAULT_API, evaluate_model, load_api, load_splits, save_evaluation
 from finetune_lab.tracking import log_run_files, wandb_run
@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         help="NAME=FILE pairs to evaluate on",
     )
     parser.add_argument("--api", default=str(DEFAULT_API), help="the course library's API stub (.pyi)")
-    parser.add_argument("--limit", type=int, default=0, help="first N examples of each file only (0: all)")
+    parser.add_argument("--limit", type=at_least(0), default=0, help="first N examples of each file only (0: all)")
     parser.add_argument(
         "--max_new_tokens",
-        type=int,
+        type=at_least(1),
         default=None,
         help="cap on each answer (default: the run's own cap)",
     )

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from finetune_lab.checkpoints import CheckpointError, load_checkpoint
-from finetune_lab.config import ConfigError, TrainConfig
+from finetune_lab.config import ConfigError, TrainConfig, at_least
 from finetune_lab.data import DatasetError, load_jsonl
 from finetune_lab.export import (
     GGUF_TYPES,
@@ -88,7 +88,7 @@ def export(run_dir, types, heldout: str, limit: int = 0, max_new_tokens: int | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("run_dir", help="a finished run folder, e.g. checkpoints/smollm2-lora-r16")
     parser.add_argument(
@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         help="GGUF types: " + "; ".join(f"{k}: {v}" for k, v in GGUF_TYPES.items()),
     )
     parser.add_argument("--heldout", default="data/course_heldout.jsonl", help="the prompts of the parity table")
-    parser.add_argument("--limit", type=int, default=0, help="first N held-out prompts only (0: all)")
-    parser.add_argument("--max_new_tokens", type=int, default=None, help="cap on each answer (default: the run's)")
+    parser.add_argument("--limit", type=at_least(0), default=0, help="first N held-out prompts only (0: all)")
+    parser.add_argument(
+        "--max_new_tokens", type=at_least(1), default=None, help="cap on each answer (default: the run's)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier export of this run")
     args = parser.parse_args(argv)
     try:

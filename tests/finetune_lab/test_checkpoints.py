@@ -200,6 +200,8 @@ DAMAGE = [
     ),
     ("adapter config deleted", lambda run: (run / "adapter_config.json").unlink(), "adapter_config.json is missing"),
     ("run config garbage", lambda run: (run / "run_config.json").write_text("\x00\x01"), "run_config.json is damaged"),
+    ("run config empty", lambda run: (run / "run_config.json").write_text("{}"), "not the settings of a run"),
+    ("run config a list", lambda run: (run / "run_config.json").write_text("[1, 2]"), "not the settings of a run"),
     (
         "tokenizer deleted",
         lambda run: [(run / n).unlink() for n in ("tokenizer.json", "tokenizer_config.json")],

@@ -79,6 +79,10 @@ def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
         (["--model", "no-such-preset"], "error: unknown model preset"),
         (["--data", "data/missing.jsonl"], "error: data/missing.jsonl: the file does not exist"),
         (["--method", "qlora"], "error: QLoRA needs a CUDA GPU"),
+        (["--max_new_tokens", "-1"], "error: max_new_tokens must be greater than 0, got -1"),
+        (["--seed", "-1"], "error: seed must be 0 or more, got -1"),
+        (["--limit_examples", "-1"], "error: limit_examples must be 0 or more, got -1"),  # it trained on 49 of 50
+        (["--run_name", "r" * 300], "error: run_name is 300 bytes long"),
     ],
 )
 def test_cli_prints_one_line_errors_and_writes_nothing(tmp_path, args, message):
@@ -88,3 +92,10 @@ def test_cli_prints_one_line_errors_and_writes_nothing(tmp_path, args, message):
     assert done.returncode == 2
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_home_folder_in_a_path_is_the_home_folder_as_in_a_shell():
+    from pathlib import Path
+
+    cfg = TrainConfig(output_dir="~/runs", data="~/mine.jsonl")
+    assert cfg.output_dir == str(Path.home() / "runs") and cfg.data == str(Path.home() / "mine.jsonl")

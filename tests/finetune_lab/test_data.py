@@ -185,3 +185,14 @@ def test_a_chat_that_goes_on_after_its_last_answer_is_reported(tmp_path):
     ds = load_jsonl(write_jsonl(tmp_path / "t.jsonl", [{"messages": messages}]))
     assert ds.examples[0].completion == "g = Garden('A')"
     assert "line(s) 1: the chat goes on after its last assistant answer" in ds.warnings[0]
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u0085"])
+def test_a_string_holding_a_unicode_line_separator_is_one_line_as_json_reads_it(tmp_path, separator):
+    path = write_jsonl(tmp_path / "sep.jsonl", [{**ALPACA, "output": f"garden.water(bed=2){separator}# done"}])
+    assert load_jsonl(path).examples[0].completion == f"garden.water(bed=2){separator}# done"
+
+
+def test_copies_of_an_example_are_said_to_weigh_as_often_as_they_appear(tmp_path):
+    dataset = load_jsonl(write_jsonl(tmp_path / "copies.jsonl", [ALPACA] * 8))
+    assert dataset.duplicates == 7 and "appears 8 times weighs 8 times as much" in dataset.warnings[0]

@@ -150,3 +150,19 @@ def test_bad_input_is_refused_before_anything_loads(trained_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors is missing; retrain the run"):
         plan_export(broken)
     assert sorted(p.name for p in broken.iterdir()) == ["adapter_config.json", "run_config.json"]  # nothing added
+
+
+@pytest.mark.parametrize("script", ["export_model.py", "evaluate_model.py"])
+def test_help_says_whole_sentences_and_negative_counts_are_refused(script, trained_run):
+    import export_model
+
+    helped = run_script(script, "--help", timeout=120)
+    assert helped.returncode == 0
+    if script == "export_model.py":  # its description is the docstring's first paragraph, not its first line
+        assert export_model.__doc__.split("\n\n")[0].split()[-1] in helped.stdout.split("\n\n")[1]
+    for flag, value, message in (
+        ("--limit", "-49", "must be 0 or more"),
+        ("--max_new_tokens", "-1", "must be 1 or more"),
+    ):
+        done = run_script(script, str(trained_run), flag, value, timeout=120)
+        assert done.returncode == 2 and f"argument {flag}: {message}, got {value}" in done.stderr
