@@ -46,6 +46,10 @@ def _keywords(func: ast.FunctionDef) -> set[str]:
 def load_api(path: str | Path = DEFAULT_API) -> ApiReference:
     """Parse a .pyi stub: module functions, classes, their methods and attributes, with return types."""
     path = Path(path)
+    if not path.is_file():
+        from .config import ConfigError
+
+        raise ConfigError(f"the API stub {path} does not exist; pass the course library's .pyi (--api {DEFAULT_API})")
     api = ApiReference(module=path.stem.removesuffix("_api"))
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.FunctionDef):

@@ -239,9 +239,12 @@ def staged(final: Path, replace: bool = True):
 
 
 def clean_stale_staging(folder: Path) -> None:
-    """Remove what a killed save left behind (hidden .partial-* folders); finished runs are never touched."""
+    """Remove what a killed save left behind (hidden .partial-<pid> folders whose process is gone); a live
+    process's staging folder and finished runs are never touched."""
     for stale in folder.glob(".*.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -30,9 +30,9 @@ from finetune_lab.tracking import log_run_files, wandb_run
 def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -> pd.DataFrame:
     """The notebook's section 4: every prompt answered by the base (adapter off) and the fine-tuned model, scored,
     and written to <run>/eval/. Returns the summary table."""
+    api = load_api(args.api)  # a wrong path stops here, before the model loads
     model, tokenizer, run_config = load_checkpoint(args.run_dir)
     max_new_tokens = args.max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
-    api = load_api(args.api)
     datasets = load_splits(data, run_config.get("system_prompt"), args.limit, split_off)
     tables = []
     if not args.no_base and hasattr(model, "disable_adapter"):  # full fine-tuning left no base to ask

@@ -43,3 +43,10 @@ def test_hallucinated_calls(code, flagged):
 def test_code_is_taken_from_a_markdown_fence():
     assert extract_code("Sure!\n```python\ngarden.save('a.json')\n```\nDone.") == "garden.save('a.json')"
     assert extract_code("garden.save('a.json')") == "garden.save('a.json')"
+
+
+def test_a_missing_stub_is_a_one_line_error_with_the_default_to_pass(tmp_path):
+    from finetune_lab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"missing\.pyi does not exist; pass the course library's \.pyi \(--api .*"):
+        load_api(tmp_path / "missing.pyi")

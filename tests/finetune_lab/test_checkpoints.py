@@ -248,3 +248,14 @@ def test_the_newest_of_a_runs_numbered_copies_is_the_latest(tmp_path):
         os.utime(tmp_path / name / "run_config.json", (1e9 - age, 1e9 - age))
     (tmp_path / "nb-3").mkdir()  # unfinished: not a run
     assert latest_run(tmp_path, "nb") == tmp_path / "nb-2"
+
+
+def test_cleaning_stale_staging_leaves_a_live_processs_folder(tmp_path):
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        live, dead = tmp_path / f".other.partial-{alive.pid}", tmp_path / f".mine.partial-{dead_pid()}"
+        live.mkdir(), dead.mkdir()
+        clean_stale_staging(tmp_path)
+        assert live.exists() and not dead.exists()  # a running save of another run keeps its folder
+    finally:
+        alive.kill()
