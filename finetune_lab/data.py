@@ -218,6 +218,9 @@ def _parse(path: Path, n: int, line: str) -> dict:
         )
     try:
         row = json.loads(line)
+    except RecursionError:
+        fix = "write each example as an object of strings (a chat: a list of role/content objects)"
+        raise DatasetError(path, "the line nests arrays or objects too deeply to be an example", fix, n) from None
     except json.JSONDecodeError as err:
         raise DatasetError(
             path,

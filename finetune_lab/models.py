@@ -170,6 +170,7 @@ def resolve_model(spec: str) -> str:
                 f"model folder {spec} does not exist or has no config.json; "
                 f"pass a folder saved with save_pretrained, a hub id, or a preset: {', '.join(PRESETS)}"
             )
+        _check_model_folder(path, spec)
         return str(path)
     if "/" not in spec:
         raise ConfigError(
@@ -177,6 +178,30 @@ def resolve_model(spec: str) -> str:
             "(or pass a hub id like org/name, or a local folder)"
         )
     return _hub_snapshot(spec)
+
+
+def _check_model_folder(path: Path, spec: str) -> None:
+    """Refuse a model folder that from_pretrained would fail on deep inside, naming what it lacks."""
+    import json
+
+    try:
+        has_type = "model_type" in json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        has_type = False
+    lacks = [
+        what
+        for what, found in (
+            ('a "model_type" in config.json', has_type),
+            ("weights (*.safetensors or *.bin)", any(path.glob("*.safetensors")) or any(path.glob("*.bin"))),
+            ("tokenizer files", any((path / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json"))),
+        )
+        if not found
+    ]
+    if lacks:
+        raise ConfigError(
+            f"model folder {spec} has no {' and no '.join(lacks)}; save the model and its tokenizer with "
+            f"save_pretrained into it, or pass a hub id or a preset: {', '.join(PRESETS)}"
+        )
 
 
 def model_config(spec: str):

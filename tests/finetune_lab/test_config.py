@@ -99,3 +99,20 @@ def test_a_home_folder_in_a_path_is_the_home_folder_as_in_a_shell():
 
     cfg = TrainConfig(output_dir="~/runs", data="~/mine.jsonl")
     assert cfg.output_dir == str(Path.home() / "runs") and cfg.data == str(Path.home() / "mine.jsonl")
+
+
+@pytest.mark.parametrize("lacks", ["model_type", "weights", "tokenizer"])
+def test_a_model_folder_that_would_fail_deep_in_loading_is_named_with_what_it_lacks(tmp_path, base_model_dir, lacks):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(base_model_dir, folder)
+    if lacks == "model_type":
+        (folder / "config.json").write_text("{}")
+    else:
+        for item in folder.glob("*.safetensors" if lacks == "weights" else "tokenizer*"):
+            item.unlink()
+    done = run_cli("--model", str(folder), "--output_dir", str(tmp_path / "out"), cwd=REPO, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith(f"error: model folder {folder} has no ")
+    assert {"model_type": '"model_type"', "weights": "weights", "tokenizer": "tokenizer files"}[lacks] in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

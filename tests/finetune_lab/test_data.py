@@ -196,3 +196,9 @@ def test_a_string_holding_a_unicode_line_separator_is_one_line_as_json_reads_it(
 def test_copies_of_an_example_are_said_to_weigh_as_often_as_they_appear(tmp_path):
     dataset = load_jsonl(write_jsonl(tmp_path / "copies.jsonl", [ALPACA] * 8))
     assert dataset.duplicates == 7 and "appears 8 times weighs 8 times as much" in dataset.warnings[0]
+
+
+def test_a_line_nested_too_deeply_is_a_dataset_error_not_a_recursion_error(tmp_path):
+    path = write_jsonl(tmp_path / "deep.jsonl", ["[" * 50_000], raw=True)
+    with pytest.raises(DatasetError, match=r"deep\.jsonl, line 1: the line nests arrays or objects too deeply"):
+        load_jsonl(path)
