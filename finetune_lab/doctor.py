@@ -19,6 +19,7 @@ from .config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from .memory import MB, MemoryEstimate, estimate, shape_of
 from .models import (
     BackendChoice,
+    HubUnavailable,
     choose_backend,
     default_model,
     gradient_checkpointing_choice,
@@ -132,7 +133,9 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
     free_mb = available_mb(card)
     try:
         shape = shape_of(model_config(cfg.model), cfg.target_modules)
-    except (ConfigError, OSError, ValueError):
+    except (HubUnavailable, OSError, ValueError) as err:
+        if isinstance(err, ConfigError) and not isinstance(err, HubUnavailable):
+            raise  # a name that is wrong, not just out of reach: say so instead of a report of n/a
         memory = None
     else:
         beside_weights = free_mb - estimate(shape, cfg, choice.dtype, gradient_checkpointing=False).weights_mb

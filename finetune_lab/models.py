@@ -43,6 +43,10 @@ PRESET_SHAPES = {
 GPU_MODEL = "tinyllama-1.1b-chat"
 
 
+class HubUnavailable(ConfigError):
+    """A hub model that cannot be had here (offline, or the download failed): its name itself may be right."""
+
+
 def default_model(card) -> tuple[str, str]:
     """The model the notebooks train by default on this machine, and why, in one line."""
     if card is None:
@@ -222,7 +226,7 @@ def _hub_snapshot(repo_id: str) -> str:
     except Exception:
         pass
     if hub_offline():
-        raise ConfigError(
+        raise HubUnavailable(
             f"{repo_id} is not in the local hub cache and {hub_offline()}; "
             "download it on a connected machine or use the embedded preset smollm2-135m"
         )
@@ -231,7 +235,7 @@ def _hub_snapshot(repo_id: str) -> str:
             repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
         )
     except Exception as err:
-        raise ConfigError(
+        raise HubUnavailable(
             f"could not download {repo_id} from the Hugging Face hub ({type(err).__name__}). "
             "Hub presets need a network connection; offline, use the embedded preset "
             "smollm2-135m or a local folder."

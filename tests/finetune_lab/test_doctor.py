@@ -70,3 +70,11 @@ def test_the_notebooks_model_is_tinyllama_on_a_gpu_with_the_hub_and_the_embedded
     assert model == "smollm2-135m" and why.startswith("HF_HUB_OFFLINE is set")
     monkeypatch.setattr(models, "hub_unreachable_reason", lambda: None)
     assert default_model(T4)[0] == "tinyllama-1.1b-chat"
+
+
+def test_an_unknown_model_is_an_error_with_the_presets_not_a_report_of_n_a():
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune_lab.doctor", "--model", "tinyllama"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "n/a" not in done.stdout
+    assert done.stderr.startswith("error: unknown model preset 'tinyllama'; presets: smollm2-135m, tinyllama-1.1b-chat")
