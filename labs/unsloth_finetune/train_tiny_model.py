@@ -261,50 +261,42 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
     """The lab from data to saved run folder, in the notebook's order; `started_at` (a time.time() stamp) gives
     the wall time to the saved weights."""
     train_data, heldout = load_data(cfg, heldout_path)
-    paths = RunPaths.of(cfg.output_dir, cfg.run_name)
+    paths, phases = RunPaths.of(cfg.output_dir, cfg.run_name), Phases()
     # one lock per run, taken by the main process; the data-parallel processes of the run share it
     with RunLock(paths) if is_main_process() else contextlib.nullcontext():
-        return _train_locked(cfg, paths, train_data, heldout, (overwrite, resume, callbacks, started_at))
-
-
-def _train_locked(cfg: TrainConfig, paths: RunPaths, train_data, heldout, options) -> Run:
-    overwrite, resume, callbacks, started_at = options
-    phases = Phases()
-    prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
-    if resume:
-        check_resume(paths, cfg)
-    model, tokenizer, choice = model_for_training(cfg, phases)
-    for data in (train_data, heldout):
-        if data is not None:
-            check_chat_markers(data, tokenizer, cfg.model)
-    warnings = data_warnings(cfg, train_data, tokenizer)
-    prompts, references = pick_test_prompts(train_data, heldout)
-    for_inference(model, choice)
-    with phases("generate before"), adapters_off(model):
-        before = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
-    if not resume and is_main_process():
-        shutil.rmtree(paths.resume, ignore_errors=True)  # --overwrite: the stale interrupted state of this run name
-    for_training(model, choice)
-    with phases("build trainer (tokenize)"):
-        args = training_args(cfg, choice, paths.resume, validation=heldout is not None)
-        trainer = make_trainer(model, tokenizer, cfg, args, train_data, heldout)
-    for callback in callbacks:
-        trainer.add_callback(callback)
-    with wandb_run(cfg, paths.run.parent):
-        result = run_trainer(trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases)
+        prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
+        if resume:
+            check_resume(paths, cfg)
+        model, tokenizer, choice = model_for_training(cfg, phases)
+        for data in (train_data, heldout):
+            if data is not None:
+                check_chat_markers(data, tokenizer, cfg.model)
+        warnings = data_warnings(cfg, train_data, tokenizer)
+        prompts, references = pick_test_prompts(train_data, heldout)
         for_inference(model, choice)
-        with phases("generate after"):
-            after = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
-        samples = samples_of(prompts, references, before, after)
-        run = Run(cfg, result, {}, samples, warnings, model, tokenizer)
-        if is_main_process():  # one writer: the other data-parallel processes hold the same weights
-            run.summary = save(run, choice, paths, train_data, (phases, started_at))
+        with phases("generate before"), adapters_off(model):
+            before = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
+        if not resume and is_main_process():
+            shutil.rmtree(paths.resume, ignore_errors=True)  # --overwrite: the stale interrupted state of this name
+        for_training(model, choice)
+        with phases("build trainer (tokenize)"):
+            args = training_args(cfg, choice, paths.resume, validation=heldout is not None)
+            trainer = make_trainer(model, tokenizer, cfg, args, train_data, heldout)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        with wandb_run(cfg, paths.run.parent):
+            result = run_trainer(trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases)
+            for_inference(model, choice)
+            with phases("generate after"):
+                after = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
+            run = Run(cfg, result, {}, samples_of(prompts, references, before, after), warnings, model, tokenizer)
+            if is_main_process():  # one writer: the other data-parallel processes hold the same weights
+                run.summary = save(run, choice, paths, train_data, phases, started_at)
     return run
 
 
-def save(run: Run, choice, paths: RunPaths, train_data, timing) -> dict:
+def save(run: Run, choice, paths: RunPaths, train_data, phases: Phases, started_at: float | None) -> dict:
     """Section 10: the run folder, written atomically (adapter, tokenizer, settings, history, curve, answers)."""
-    phases, started_at = timing
     with writing_run(paths, run_record(run.config, choice, run.model, train_data)) as folder:
         with phases("save"):
             run.model.save_pretrained(folder)
