@@ -353,7 +353,9 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
     if run_config.get("method") == "qlora" and device != "cpu":
         # The adapter learned on 4-bit NF4 base weights; reloading on the same base keeps its answers.
         kwargs.update(device_map={"": device}, quantization_config=nf4_config(dtype))
-    base_model = AutoModelForCausalLM.from_pretrained(resolve_model(base or run_config["model"]), **kwargs)
+    # the run folder has the tokenizer: the base needs only its weights
+    base_path = resolve_model(base or run_config["model"], with_tokenizer=False)
+    base_model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     expected, found = run_config.get("base_fingerprint"), base_fingerprint(base_model)
     if expected and expected != found:
         diff = {k: (expected[k], found.get(k)) for k in expected if expected[k] != found.get(k)}

@@ -161,7 +161,7 @@ def use_dense_packed_mask(cfg: TrainConfig, choice: BackendChoice) -> bool:
 # ---------------------------------------------------------------- resolving a model name to a folder
 
 
-def resolve_model(spec: str) -> str:
+def resolve_model(spec: str, with_tokenizer: bool = True) -> str:
     """A preset name, local folder or hub id -> something from_pretrained can load; error early if it cannot."""
     if spec == EMBEDDED:
         return str(ensure_embedded_base())
@@ -174,7 +174,7 @@ def resolve_model(spec: str) -> str:
                 f"model folder {spec} does not exist or has no config.json; "
                 f"pass a folder saved with save_pretrained, a hub id, or a preset: {', '.join(PRESETS)}"
             )
-        _check_model_folder(path, spec)
+        _check_model_folder(path, spec, with_tokenizer)
         return str(path)
     if "/" not in spec:
         raise ConfigError(
@@ -184,7 +184,10 @@ def resolve_model(spec: str) -> str:
     return _hub_snapshot(spec)
 
 
-def _check_model_folder(path: Path, spec: str) -> None:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _check_model_folder(path: Path, spec: str, with_tokenizer: bool) -> None:
     """Refuse a model folder that from_pretrained would fail on deep inside, naming what it lacks."""
     import json
 
@@ -197,7 +200,7 @@ def _check_model_folder(path: Path, spec: str) -> None:
         for what, found in (
             ('a "model_type" in config.json', has_type),
             ("weights (*.safetensors or *.bin)", any(path.glob("*.safetensors")) or any(path.glob("*.bin"))),
-            ("tokenizer files", any((path / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json"))),
+            ("tokenizer files", not with_tokenizer or any((path / n).exists() for n in TOKENIZER_FILES)),
         )
         if not found
     ]
@@ -215,7 +218,7 @@ def model_config(spec: str):
     if spec in PRESET_SHAPES:
         values = dict(PRESET_SHAPES[spec])
         return AutoConfig.for_model(values.pop("model_type"), **values)
-    return AutoConfig.from_pretrained(resolve_model(spec))
+    return AutoConfig.from_pretrained(resolve_model(spec, with_tokenizer=False))
 
 
 def _hub_snapshot(repo_id: str) -> str:
