@@ -271,7 +271,8 @@ def samples_of(prompts: list[list[dict]], references: list[str], before: list[st
 
 def summary(cfg: TrainConfig, choice, result: TrainResult, run_dir: Path, phases: Phases, wall: float = math.nan):
     """summary.json: what the run did, with `wall` seconds from the process start to the saved weights."""
-    losses, best = result.losses, min(result.validation, key=lambda h: h["validation_loss"], default=None)
+    losses, validation = result.losses, result.validation
+    best = min(validation, key=lambda h: h["validation_loss"], default=None)
     return {
         "run": cfg.run_name,
         **{k: getattr(choice, k) for k in ("backend", "device", "dtype", "method")},
@@ -281,7 +282,7 @@ def summary(cfg: TrainConfig, choice, result: TrainResult, run_dir: Path, phases
         "seconds_to_first_step": round(result.seconds_to_first_step, 1),
         "first_loss": round(losses[0], 4) if losses else None,
         "last_loss": round(losses[-1], 4) if losses else None,
-        "last_validation_loss": round(result.validation[-1]["validation_loss"], 4) if best else None,
+        "last_validation_loss": round(validation[-1]["validation_loss"], 4) if validation else None,
         "best_validation_loss": round(best["validation_loss"], 4) if best else None,
         "best_validation_step": best["step"] if best else None,
         "peak_memory_mb": round(result.peak_memory_mb),

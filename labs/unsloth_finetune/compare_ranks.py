@@ -33,6 +33,7 @@ def compare_ranks(cfg: TrainConfig, ranks, heldout: str, overwrite: bool = False
     """One run per rank, evaluated on the training and held-out files; returns (table, figure)."""
     histories, rows = {}, []
     datasets = load_splits({"trained": cfg.data, "held-out": heldout}, cfg.system_prompt, eval_limit)
+    api = load_api()
     for rank in ranks:
         run = train(cfg.replace(rank=rank, alpha=2 * rank, run_name=f"{cfg.run_name}-r{rank}"), heldout, overwrite)
         histories[f"rank {rank}"] = run.result.history
@@ -45,7 +46,7 @@ def compare_ranks(cfg: TrainConfig, ranks, heldout: str, overwrite: bool = False
             "final_loss": round(run.result.losses[-1], 4),
             "best_validation_loss": run.summary.get("best_validation_loss"),
         }
-        table = evaluate_model(run.model, run.tokenizer, datasets, load_api(), cfg.max_new_tokens, label=f"r{rank}")
+        table = evaluate_model(run.model, run.tokenizer, datasets, api, cfg.max_new_tokens, label=f"r{rank}")
         for split, part in table.groupby("split", sort=False):
             for metric, value in aggregate(part).items():
                 if metric in ("accuracy", "rouge_l", "hallucination_rate"):
