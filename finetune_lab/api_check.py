@@ -103,21 +103,13 @@ class _ApiChecker(ast.NodeVisitor):
         """The API type an expression evaluates to, where it can be told."""
         if isinstance(node, ast.Name):
             return self.types.get(node.id)
-        if isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name) and func.id in self.aliases:
-                name = self.aliases[func.id]
-                return name if name in self.api.classes else self.api.returns(None, name)
-            if isinstance(func, ast.Attribute):
-                if isinstance(func.value, ast.Name) and func.value.id in self.modules:
-                    name = func.attr
-                    return name if name in self.api.classes else self.api.returns(None, name)
-                owner = self.type_of(func.value)
-                if owner in self.api.classes:
-                    return self.api.returns(owner, func.attr)
         if isinstance(node, ast.Subscript):
             return _element_type(self.type_of(node.value))
-        return None
+        callee = self._callee(node.func) if isinstance(node, ast.Call) else None
+        if callee is None or callee in self.api.classes:  # not the API's, or a constructor
+            return callee
+        owner, _, name = callee.rpartition(".")
+        return self.api.returns(owner or None, name)
 
     def visit_Import(self, node):
         for alias in node.names:
@@ -157,19 +149,14 @@ class _ApiChecker(ast.NodeVisitor):
         for cond in node.ifs:
             self.visit(cond)
 
-    def _visit_comprehension_expr(self, node, parts):
-        for gen in node.generators:
-            self.visit_comprehension(gen)
-        for part in parts:
-            self.visit(part)
-
     def visit_ListComp(self, node):
-        self._visit_comprehension_expr(node, [node.elt])
+        for gen in node.generators:  # first: they bind the names the element uses
+            self.visit(gen)
+        for part in ("elt", "key", "value"):
+            if hasattr(node, part):
+                self.visit(getattr(node, part))
 
-    visit_SetComp = visit_GeneratorExp = visit_ListComp
-
-    def visit_DictComp(self, node):
-        self._visit_comprehension_expr(node, [node.key, node.value])
+    visit_SetComp = visit_GeneratorExp = visit_DictComp = visit_ListComp
 
     def _callee(self, func) -> str | None:
         """'load_garden', 'Garden' or 'Garden.water': the API callable a call expression names, if known."""

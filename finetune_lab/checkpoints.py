@@ -27,6 +27,7 @@ RUN_CONFIG = "run_config.json"
 RESUME_CONFIG = "resume_config.json"
 RESUME_SUFFIX = ".resume"
 LOCK_SUFFIX = ".lock"
+FIX = "retrain the run, or restore the file from a copy"
 
 
 class CheckpointError(ValueError):
@@ -58,10 +59,6 @@ class RunPaths:
 
 def is_finished_run(folder: Path) -> bool:
     return folder.is_dir() and (folder / RUN_CONFIG).is_file()
-
-
-def is_interrupted_run(folder: Path) -> bool:
-    return folder.is_dir() and (folder / RESUME_CONFIG).is_file()
 
 
 def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
@@ -110,7 +107,7 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
         )
     if paths.run.exists() and not is_finished_run(paths.run):
         raise _not_ours(paths.run, RUN_CONFIG, "a finished run")
-    if paths.resume.exists() and not is_interrupted_run(paths.resume):
+    if paths.resume.exists() and not (paths.resume / RESUME_CONFIG).is_file():
         raise _not_ours(paths.resume, RESUME_CONFIG, "an interrupted run")
     if resume:
         if paths.latest_resume_checkpoint() is None:
@@ -143,64 +140,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class RunLock:
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _take_lock(lock: Path) -> None:
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = _lock_holder(lock)
+        if holder is not None and _pid_alive(holder):
+            raise ConfigError(
+                f"another process (pid {holder}) is training this run right now ({lock} is its lock); wait "
+                "for it to finish or stop it, then run this command again. Nothing was touched"
+            ) from None
+        print(f"[finetune_lab] removed a stale lock {lock} (pid {holder} is no longer running)")
+        lock.unlink(missing_ok=True)
+        return _take_lock(lock)
+    except OSError as err:
+        fix = "choose an --output_dir you can write to"
+        raise ConfigError(f"cannot write to {lock.parent} ({err.strerror}); {fix}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+@contextlib.contextmanager
+def run_lock(paths: RunPaths):
     """One process per run folder: <run>.lock holds the trainer's pid from before the model loads until the run
     is published; a lock whose process is gone (killed, machine restarted) is taken over with a note. Written by
     hand: filelock's FileLock leaves its file behind, and a contender empties it, so it cannot name the holder.
-
     Creating it is also the early check that the output folder can be written."""
-
-    def __init__(self, paths: RunPaths):
-        self.path, self.held, self.made_folder = paths.lock, False, False
-
-    def acquire(self) -> RunLock:
-        try:
-            self.made_folder = not self.path.parent.exists()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(
-                f"cannot create the output folder {self.path.parent} ({err.strerror}); choose an --output_dir you can "
-                "write to"
-            ) from None
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = self._holder()
-            if holder is not None and _pid_alive(holder):
-                raise ConfigError(
-                    f"another process (pid {holder}) is training this run right now ({self.path} is its lock); wait "
-                    "for it to finish or stop it, then run this command again. Nothing was touched"
-                ) from None
-            print(f"[finetune_lab] removed a stale lock {self.path} (pid {holder} is no longer running)")
-            self.path.unlink(missing_ok=True)
-            return self.acquire()
-        except OSError as err:
-            raise ConfigError(
-                f"cannot write to {self.path.parent} ({err.strerror}); choose an --output_dir you can write to"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        self.held = True
-        return self
-
-    def _holder(self) -> int | None:
-        try:
-            return int(self.path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def release(self) -> None:
-        if self.held and self._holder() == os.getpid():
-            self.path.unlink(missing_ok=True)
-            if self.made_folder and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()  # a run that stopped before writing anything leaves nothing
-        self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+    lock, made_folder = paths.lock, not paths.lock.parent.exists()
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fix = "choose an --output_dir you can write to"
+        raise ConfigError(f"cannot create the output folder {lock.parent} ({err.strerror}); {fix}") from None
+    _take_lock(lock)
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+            if made_folder and not any(lock.parent.iterdir()):
+                lock.parent.rmdir()  # a run that stopped before writing anything leaves nothing
 
 
 def staging_for(final: Path) -> Path:
@@ -286,27 +272,32 @@ def read_run_config(run_dir: str | Path) -> dict:
             f"{run_dir} is not a finished run folder (no {RUN_CONFIG}); "
             "pass a folder under checkpoints/ written by train_tiny_model.py"
         )
-    fix = "retrain the run, or restore the file from a copy"
-    config = read_json(run_dir / RUN_CONFIG, fix)
+    config = read_json(run_dir / RUN_CONFIG, FIX)
     if not isinstance(config, dict) or not {"model", "method"} <= set(config):
         raise CheckpointError(
-            f"{run_dir / RUN_CONFIG} is damaged (not the settings of a run: no model or method); {fix}"
+            f"{run_dir / RUN_CONFIG} is damaged (not the settings of a run: no model or method); {FIX}"
         )
     return config
 
 
-def _check_weights(path: Path) -> None:
+def check_weights(path: Path) -> None:
     """Open a safetensors file's header, so a missing, empty or cut-off file is named instead of failing deep."""
-    fix = "retrain the run, or restore the file from a copy"
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; {fix}")
+        raise CheckpointError(f"{path} is missing; {FIX}")
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as f:  # checks the header against the file's length
             f.keys()
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is damaged (empty or cut off: {err}); {fix}") from None
+        raise CheckpointError(f"{path} is damaged (empty or cut off: {err}); {FIX}") from None
+
+
+def check_run_files(run_dir: Path, run_config: dict) -> None:
+    """The settings and weights a finished run needs (a full model, or an adapter), each opened."""
+    full = run_config.get("method") == "full"  # full fine-tuning saved the whole model
+    read_json(run_dir / ("config.json" if full else "adapter_config.json"), FIX)
+    check_weights(run_dir / ("model.safetensors" if full else "adapter_model.safetensors"))
 
 
 def _load_tokenizer(run_dir: Path):
@@ -335,18 +326,14 @@ def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | 
 
     run_dir = Path(run_dir)
     run_config = read_run_config(run_dir)
+    check_run_files(run_dir, run_config)
+    tokenizer = _load_tokenizer(run_dir)
     card = gpu() if device != "cpu" else None
     device = device or ("cuda" if card else "cpu")
     dtype = getattr(torch, choose_dtype("auto", card))
-    if run_config.get("method") == "full":  # full fine-tuning saved the whole model
-        _check_weights(run_dir / "model.safetensors")
-        read_json(run_dir / "config.json", "retrain the run, or restore the file from a copy")
-        tokenizer = _load_tokenizer(run_dir)
+    if run_config.get("method") == "full":
         model = AutoModelForCausalLM.from_pretrained(run_dir, dtype=dtype).to(device)
         return model.eval(), tokenizer, run_config
-    read_json(run_dir / "adapter_config.json", "restore it from a copy, or retrain the run")
-    _check_weights(run_dir / "adapter_model.safetensors")
-    tokenizer = _load_tokenizer(run_dir)
     from peft import PeftModel
 
     kwargs = {"dtype": dtype}

@@ -115,22 +115,11 @@ class TrainConfig:
             raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        positive = {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "learning_rate": self.learning_rate,
-            "max_seq_length": self.max_seq_length,
-            "save_steps": self.save_steps,
-            "max_new_tokens": self.max_new_tokens,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name} must be greater than 0, got {value}")
-        off_or_more = ("early_stopping_patience", "limit_examples", "limit_heldout", "seed")
-        for name in off_or_more:
+        positive = "rank alpha epochs batch_size grad_accum learning_rate max_seq_length save_steps max_new_tokens"
+        for name in positive.split():
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        for name in ("early_stopping_patience", "limit_examples", "limit_heldout", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:

@@ -90,92 +90,59 @@ def _schema_of(row: dict) -> str | list[str] | None:
 
 
 def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
-    if key not in row:
-        if optional:
-            return ""
-        raise DatasetError(path, f'field "{key}" is missing', f'add the "{key}" field (a string) to this line', line)
-    value = row[key]
+    value = row.get(key)
     if value is None and optional:
         return ""
+    if key not in row:
+        raise DatasetError(path, f'field "{key}" is missing', f'add the "{key}" field (a string) to this line', line)
     if not isinstance(value, str):
-        raise DatasetError(
-            path,
-            f'field "{key}" is {type(value).__name__}, not a string',
-            f'make "{key}" a JSON string (in quotes)',
-            line,
-        )
+        problem = f'field "{key}" is {type(value).__name__}, not a string'
+        raise DatasetError(path, problem, f'make "{key}" a JSON string (in quotes)', line)
     if not value.strip() and not optional:
         raise DatasetError(path, f'field "{key}" is empty', f'write the text of "{key}" or delete this line', line)
     return value
 
 
 def _example_from_chat(row: dict, path, line: int) -> Example:
+    def fail(problem: str, fix: str) -> DatasetError:
+        return DatasetError(path, problem, fix, line)
+
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
-        raise DatasetError(
-            path,
-            '"messages" is not a non-empty list',
-            'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]',
-            line,
-        )
+        fix = 'write "messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]'
+        raise fail('"messages" is not a non-empty list', fix)
     clean = []
     for i, turn in enumerate(messages):
         if not isinstance(turn, dict):
-            raise DatasetError(
-                path,
-                f"message {i} is {type(turn).__name__}, not an object",
-                'write each message as {"role": ..., "content": ...}',
-                line,
-            )
-        role = turn.get("role")
-        if role not in ROLES:
-            raise DatasetError(
-                path,
-                f"message {i} has role {role!r}, which is not one of {', '.join(ROLES)}",
-                "use system, user or assistant as the role",
-                line,
-            )
-        content = _text(turn, "content", path, line)
-        clean.append({"role": role, "content": content})
+            problem = f"message {i} is {type(turn).__name__}, not an object"
+            raise fail(problem, 'write each message as {"role": ..., "content": ...}')
+        if turn.get("role") not in ROLES:
+            problem = f"message {i} has role {turn.get('role')!r}, which is not one of {', '.join(ROLES)}"
+            raise fail(problem, "use system, user or assistant as the role")
+        clean.append({"role": turn["role"], "content": _text(turn, "content", path, line)})
     last_assistant = max((i for i, t in enumerate(clean) if t["role"] == "assistant"), default=None)
     if last_assistant is None:
-        raise DatasetError(
-            path,
-            "the chat has no assistant turn to learn from",
-            "end the messages with the answer the model should give, role assistant",
-            line,
-        )
+        fix = "end the messages with the answer the model should give, role assistant"
+        raise fail("the chat has no assistant turn to learn from", fix)
     prompt = clean[:last_assistant]
     if not any(t["role"] == "user" for t in prompt):
-        raise DatasetError(
-            path,
-            "the assistant turn has no user turn before it",
-            "put the user's question before the assistant's answer",
-            line,
-        )
-    return Example(
-        prompt=prompt,
-        completion=clean[last_assistant]["content"],
-        line=line,
-        ignored_turns=len(clean) - 1 - last_assistant,
-    )
+        fix = "put the user's question before the assistant's answer"
+        raise fail("the assistant turn has no user turn before it", fix)
+    ignored = len(clean) - 1 - last_assistant
+    return Example(prompt, clean[last_assistant]["content"], line, ignored_turns=ignored)
 
 
 def _example(row: dict, schema: str, path, line: int, system_prompt: str | None) -> Example:
     # A row's own "system" field (Alpaca and prompt/completion files often carry one) wins over the run's default.
     system_prompt = _text(row, "system", path, line, optional=True) or system_prompt
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    if schema == "alpaca":
-        user = alpaca_user_text(_text(row, "instruction", path, line), _text(row, "input", path, line, optional=True))
-        return Example(
-            prompt=system + [{"role": "user", "content": user}], completion=_text(row, "output", path, line), line=line
-        )
-    if schema == "prompt_completion":
-        return Example(
-            prompt=system + [{"role": "user", "content": _text(row, "prompt", path, line)}],
-            completion=_text(row, "completion", path, line),
-            line=line,
-        )
+    if schema != "chat":
+        if schema == "alpaca":
+            user = _text(row, "instruction", path, line), _text(row, "input", path, line, optional=True)
+            user, answer = alpaca_user_text(*user), _text(row, "output", path, line)
+        else:
+            user, answer = _text(row, "prompt", path, line), _text(row, "completion", path, line)
+        return Example(system + [{"role": "user", "content": user}], answer, line)
     example = _example_from_chat(row, path, line)
     if system and example.prompt[0]["role"] != "system":
         example.prompt = system + example.prompt
@@ -184,22 +151,17 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.exists():
-        raise DatasetError(
-            path, "the file does not exist", "check the path (it is read relative to the folder you run from)"
-        )
+        fix = "check the path (it is read relative to the folder you run from)"
+        raise DatasetError(path, "the file does not exist", fix)
     if path.is_dir():
         raise DatasetError(path, "this is a folder, not a file", "pass the path of a .jsonl file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        fix = "save the file as UTF-8 (most editors have it under 'Save with encoding')"
         line = raw[: err.start].count(b"\n") + 1
-        raise DatasetError(
-            path,
-            f"byte {raw[err.start]:#04x} is not UTF-8",
-            "save the file as UTF-8 (most editors have it under 'Save with encoding')",
-            line,
-        ) from None
+        raise DatasetError(path, f"byte {raw[err.start]:#04x} is not UTF-8", fix, line) from None
     if not text.strip():
         what = "the file is empty" if not text else "the file holds only blank lines"
         raise DatasetError(path, what, 'put one JSON object per line, e.g. {"instruction": "...", "output": "..."}')
@@ -210,24 +172,16 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
 def _parse(path: Path, n: int, line: str) -> dict:
     """One line as a JSON object, or the DatasetError that says what is wrong with it."""
     if len(line) > MAX_LINE_CHARS:
-        raise DatasetError(
-            path,
-            f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})",
-            "split it into shorter examples, or check that a whole file was not pasted into one field",
-            n,
-        )
+        fix = "split it into shorter examples, or check that a whole file was not pasted into one field"
+        raise DatasetError(path, f"the line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,})", fix, n)
     try:
         row = json.loads(line)
     except RecursionError:
         fix = "write each example as an object of strings (a chat: a list of role/content objects)"
         raise DatasetError(path, "the line nests arrays or objects too deeply to be an example", fix, n) from None
     except json.JSONDecodeError as err:
-        raise DatasetError(
-            path,
-            f"the line is not valid JSON ({err.msg} at column {err.colno})",
-            "check for a cut-off line, a missing quote or comma, or single quotes (JSON needs double quotes)",
-            n,
-        ) from None
+        fix = "check for a cut-off line, a missing quote or comma, or single quotes (JSON needs double quotes)"
+        raise DatasetError(path, f"the line is not valid JSON ({err.msg} at column {err.colno})", fix, n) from None
     if not isinstance(row, dict):
         fix = "write each example as one {...} object per line"
         raise DatasetError(path, f"the line is a JSON {type(row).__name__}, not an object", fix, n)

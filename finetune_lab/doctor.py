@@ -28,17 +28,7 @@ from .models import (
 )
 from .runtime import Gpu, gpu
 
-PACKAGES = (
-    "torch",
-    "transformers",
-    "trl",
-    "peft",
-    "unsloth",
-    "unsloth_zoo",
-    "bitsandbytes",
-    "xformers",
-    "finetune-lab",
-)
+PACKAGES = "torch transformers trl peft unsloth unsloth_zoo bitsandbytes xformers finetune-lab".split()
 # Left free beside the estimate: the CUDA context and allocator slack on a GPU; Python, torch and the tokenizer
 # on a CPU.
 HEADROOM_MB = {"gpu": 1024, "cpu": 1536}
@@ -55,11 +45,9 @@ def versions() -> str:
 
 
 def available_mb(card: Gpu | None) -> float:
-    if card is not None:
-        return card.free_mb
     import psutil
 
-    return psutil.virtual_memory().available / MB
+    return card.free_mb if card else psutil.virtual_memory().available / MB
 
 
 def fix_for(cfg: TrainConfig, card: Gpu | None) -> str:
@@ -80,41 +68,36 @@ class Preflight:
     free_mb: float
 
     @property
+    def headroom_mb(self) -> float:
+        return HEADROOM_MB["gpu" if self.card else "cpu"]
+
+    @property
     def fits(self) -> bool | None:
-        if self.memory is None:
-            return None
-        return self.memory.total_mb + HEADROOM_MB["gpu" if self.card else "cpu"] <= self.free_mb
+        return None if self.memory is None else self.memory.total_mb + self.headroom_mb <= self.free_mb
 
     def lines(self) -> list[str]:
-        cfg, card, mem = self.config, self.card, self.memory
+        cfg, card, mem, free = self.config, self.card, self.memory, self.free_mb / 1024
         device = f"{card.name}, compute capability {card.capability[0]}.{card.capability[1]}" if card else "cpu"
         native = ("yes" if card.native_bf16 else "no (fp16 only; bf16 would be emulated)") if card else "n/a (CPU)"
-        where = "GPU memory" if card else "RAM"
+        rank = f" r={cfg.rank}" if cfg.method != "full" else ""
         out = [
             versions(),
             f"device: {device} | native bf16: {native} | dtype: {self.choice.dtype} | backend: {self.choice.backend}",
-            f"free {where}: {self.free_mb / 1024:.1f} GB",
+            f"free {'GPU memory' if card else 'RAM'}: {free:.1f} GB",
             f"model: {cfg.model} ({self.model_reason})",
-            f"method: {cfg.method}"
-            + (f" r={cfg.rank}" if cfg.method != "full" else "")
-            + f", batch {cfg.batch_size} x {cfg.max_seq_length} tokens",
+            f"method: {cfg.method}{rank}, batch {cfg.batch_size} x {cfg.max_seq_length} tokens",
         ]
         if mem is None:
-            out.append("estimated peak memory: n/a (the model's config could not be read)")
-            return out
+            return out + ["estimated peak memory: n/a (the model's config could not be read)"]
         out.append(
             f"estimated peak memory: {mem.total_mb / 1024:.2f} GB = weights {mem.weights_mb / 1024:.2f} + "
             f"training state {mem.training_state_mb / 1024:.2f} + activations {mem.activations_mb / 1024:.2f} "
             f"({mem.trainable_params:,} trainable parameters)"
         )
         if self.fits:
-            out.append(f"fits: yes ({self.free_mb / 1024:.1f} GB free)")
-        else:
-            out.append(
-                f"fits: NO, {mem.total_mb / 1024:.1f} GB needed (+ {HEADROOM_MB['gpu' if card else 'cpu'] / 1024:.1f} "
-                f"GB headroom) but {self.free_mb / 1024:.1f} GB free. Fix: {fix_for(cfg, card)}"
-            )
-        return out
+            return out + [f"fits: yes ({free:.1f} GB free)"]
+        needed = f"{mem.total_mb / 1024:.1f} GB needed (+ {self.headroom_mb / 1024:.1f} GB headroom)"
+        return out + [f"fits: NO, {needed} but {free:.1f} GB free. Fix: {fix_for(cfg, card)}"]
 
     def print(self) -> None:
         print("=== finetune_lab preflight ===")

@@ -67,17 +67,8 @@ def rouge_l(answer: str, reference: str) -> float:
     return _ROUGE.score(reference, answer)["rougeL"].fmeasure
 
 
-_CODE_NODES = (
-    ast.Call,
-    ast.Assign,
-    ast.AugAssign,
-    ast.AnnAssign,
-    ast.Import,
-    ast.ImportFrom,
-    ast.FunctionDef,
-    ast.AsyncFunctionDef,
-    ast.ClassDef,
-)
+_CODE_NODES = (ast.Call, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def looks_like_code(reference: str) -> bool:
@@ -89,7 +80,7 @@ def looks_like_code(reference: str) -> bool:
         tree = ast.parse(reference)
     except SyntaxError:
         return False
-    return any(isinstance(node, _CODE_NODES) for node in ast.walk(tree))
+    return any(isinstance(node, _CODE_NODES + _DEFINITIONS) for node in ast.walk(tree))
 
 
 # Specifics an answer can assert: numbers, "quoted" or `backticked` text, paths, identifiers with _ . or inner

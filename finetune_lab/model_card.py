@@ -10,54 +10,12 @@ import json
 import os
 from pathlib import Path
 
+from huggingface_hub import ModelCard, ModelCardData
+
 from .embedded import EMBEDDED, EMBEDDED_GGUF, EMBEDDED_WHEEL, HUB_ID
 
 CARD = "README.md"
-CARD_TEMPLATE = """---
-base_model: {base}
-library_name: {library}
-pipeline_tag: text-generation
-tags:
-{tags}
----
-
-# {name}
-
-{base} fine-tuned with {method} in Module 04 of the LLM course ("Fine-Tuning LLMs (From Scratch and
-Adapters)"). A course artifact: it shows what a few minutes of fine-tuning on a small dataset do, not a model to
-deploy.
-
-## Base model
-[{base}](https://huggingface.co/{base}). {origin}
-
-## Data
-`{data}`: {examples} examples ({schema} schema). System prompt:
-"{system_prompt}"
-
-## Training settings
-{settings}
-
-## Training
-{training}
-
-![loss curve](loss_curve.png)
-
-## Scores
-{scores}
-
-## Export (merged model and GGUF)
-{export}
-
-## How to load
-{how_to_load}
-
-## Intended use and limitations
-- Intended use: learning how LoRA / QLoRA fine-tuning works, comparing runs, trying the exported GGUF in llama.cpp
-  or Ollama. Not for production or for facts.
-- {examples} training examples teach a format and a small API (the course's made-up `gardenkit` library);
-  outside it the model answers like its base, invented details included.
-- Scores are on a few held-out prompts of the same kind as the training data; they do not measure general ability.
-"""
+TEMPLATE = Path(__file__).with_name("model_card.md")  # Jinja, as huggingface_hub's own card template
 
 
 def hub_id(model: str) -> str:
@@ -168,12 +126,14 @@ def model_card(run_dir: Path) -> str:
         if cfg.get("model") == EMBEDDED
         else ""
     )
-    return CARD_TEMPLATE.format(
+    tags = (["lora"] if adapter else []) + ["sft", "course-artifact"]
+    library = "peft" if adapter else "transformers"
+    card = ModelCard.from_template(
+        ModelCardData(base_model=base, library_name=library, pipeline_tag="text-generation", tags=tags),
+        template_path=str(TEMPLATE),
         base=base,
         name=name,
         origin=origin,
-        library="peft" if adapter else "transformers",
-        tags="\n".join(f"- {t}" for t in (["lora"] if adapter else []) + ["sft", "course-artifact"]),
         method=cfg.get("method"),
         data=cfg.get("data"),
         examples=cfg.get("examples"),
@@ -185,6 +145,7 @@ def model_card(run_dir: Path) -> str:
         export=_export(_read(run_dir / "export" / "parity.json"), folder),
         how_to_load=_how_to_load(folder, adapter),
     )
+    return str(card)
 
 
 def write_model_card(run_dir: str | Path) -> Path:

@@ -17,12 +17,8 @@ from .phases import Phases
 from .plots import plot_loss
 from .runtime import cuda_available, is_main_process, processes
 
-HISTORY_FILE, CURVE_FILE, SAMPLES_FILE, SUMMARY_FILE = (
-    "loss_history.json",
-    "loss_curve.png",
-    "samples.json",
-    "summary.json",
-)
+HISTORY_FILE, CURVE_FILE = "loss_history.json", "loss_curve.png"
+SAMPLES_FILE, SUMMARY_FILE = "samples.json", "summary.json"
 LEG_SECONDS_FILE = "train_seconds.json"
 # Settings that may differ when an interrupted run is continued: they change neither the model nor the optimizer.
 RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name", "max_new_tokens")

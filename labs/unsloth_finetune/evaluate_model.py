@@ -49,7 +49,7 @@ def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -68,30 +68,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api", default=str(DEFAULT_API), help="the course library's API stub (.pyi)")
     parser.add_argument("--limit", type=at_least(0), default=0, help="first N examples of each file only (0: all)")
     parser.add_argument(
-        "--max_new_tokens",
-        type=at_least(1),
-        default=None,
-        help="cap on each answer (default: the run's own cap)",
+        "--max_new_tokens", type=at_least(1), default=None, help="cap on each answer (default: the run's own cap)"
     )
     parser.add_argument("--no_base", action="store_true", help="skip the base model (adapter off)")
     parser.add_argument(
         "--wandb", action="store_true", help="log the tables and plot to wandb (offline unless WANDB_API_KEY is set)"
     )
-    args = parser.parse_args(argv)
-    split_off = 0.0
-    if args.train:
-        data = {"trained": args.train, **({"held-out": args.heldout} if args.heldout else {})}
-        if not args.heldout:
-            split_off = 0.2
-            print(
-                f"no --heldout file: 20% of {args.train} is split off (the same examples every time) and scored "
-                "as held out; they are truly held out only if the run was trained without them"
-            )
-    else:
+    return parser
+
+
+def data_files(args, parser) -> tuple[dict[str, str], float]:
+    """The named files to score and the share of a lone --train file to split off as held out."""
+    if not args.train:
         try:
-            data = dict(item.split("=", 1) for item in args.data)
+            return dict(item.split("=", 1) for item in args.data), 0.0
         except ValueError:
             parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
+    if args.heldout:
+        return {"trained": args.train, "held-out": args.heldout}, 0.0
+    print(
+        f"no --heldout file: 20% of {args.train} is split off (the same examples every time) and scored "
+        "as held out; they are truly held out only if the run was trained without them"
+    )
+    return {"trained": args.train}, 0.2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data, split_off = data_files(args, parser)
     try:
         summary = evaluate(args, data, split_off)
     except (CheckpointError, ConfigError, DatasetError) as err:

@@ -20,10 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from finetune_lab.checkpoints import CheckpointError, load_checkpoint
-from finetune_lab.config import ConfigError, TrainConfig, at_least
-from finetune_lab.data import DatasetError, load_jsonl
-from finetune_lab.export import (
+from gguf_export import (
     GGUF_TYPES,
     MERGED,
     REFERENCE,
@@ -41,6 +38,10 @@ from finetune_lab.export import (
     prompt_tokens_match,
     write_gguf,
 )
+
+from finetune_lab.checkpoints import CheckpointError, load_checkpoint
+from finetune_lab.config import ConfigError, TrainConfig, at_least
+from finetune_lab.data import DatasetError, load_jsonl
 from finetune_lab.generation import greedy_answers
 from finetune_lab.phases import Phases
 

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from finetune_lab.checkpoints import CheckpointError, RunLock, RunPaths, is_finished_run, prepare_run, writing_run
+from finetune_lab.checkpoints import CheckpointError, RunPaths, is_finished_run, prepare_run, run_lock, writing_run
 from finetune_lab.config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from finetune_lab.data import DatasetError, check_chat_markers, count_too_long, load_jsonl
 from finetune_lab.generation import generate
@@ -263,7 +263,7 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
     train_data, heldout = load_data(cfg, heldout_path)
     paths, phases = RunPaths.of(cfg.output_dir, cfg.run_name), Phases()
     # one lock per run, taken by the main process; the data-parallel processes of the run share it
-    with RunLock(paths) if is_main_process() else contextlib.nullcontext():
+    with run_lock(paths) if is_main_process() else contextlib.nullcontext():
         prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
         if resume:
             check_resume(paths, cfg)

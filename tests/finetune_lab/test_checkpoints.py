@@ -143,31 +143,33 @@ def dead_pid() -> int:
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respected(tmp_path, capsys):
-    from finetune_lab.checkpoints import RunLock, RunPaths
+    from finetune_lab.checkpoints import RunPaths, run_lock
     from finetune_lab.config import ConfigError
 
     paths = RunPaths.of(tmp_path, "r")
     paths.lock.write_text(f"{dead_pid()}\n")
-    with RunLock(paths):
+    with run_lock(paths):
         assert paths.lock.read_text().strip() == str(__import__("os").getpid())
     assert "removed a stale lock" in capsys.readouterr().out and not paths.lock.exists()
     alive = subprocess.Popen(["sleep", "30"])
     try:
         paths.lock.write_text(f"{alive.pid}\n")
         with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is training this run right now"):
-            RunLock(paths).acquire()
+            with run_lock(paths):
+                pass
         assert paths.lock.read_text().strip() == str(alive.pid)  # not ours: left in place
     finally:
         alive.kill()
 
 
 def test_an_output_folder_that_cannot_be_created_is_reported_before_anything_runs(tmp_path):
-    from finetune_lab.checkpoints import RunLock, RunPaths
+    from finetune_lab.checkpoints import RunPaths, run_lock
     from finetune_lab.config import ConfigError
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="cannot create the output folder .*afile/out .*--output_dir you can write"):
-        RunLock(RunPaths.of(tmp_path / "afile" / "out", "r")).acquire()
+        with run_lock(RunPaths.of(tmp_path / "afile" / "out", "r")):
+            pass
 
 
 # ---------------------------------------------------------------- damaged run folders: one line, the file, the fix

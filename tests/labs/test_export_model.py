@@ -10,10 +10,10 @@ import sys
 
 import pytest
 from export_model import export
+from gguf_export import ExportError, plan_export
 from helpers import REPO, run_script, write_jsonl
 
 from finetune_lab.embedded import HUB_ID
-from finetune_lab.export import ExportError, plan_export
 
 pytestmark = pytest.mark.slow
 

@@ -23,10 +23,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import _check_weights, clean_stale_staging, publish, read_json, read_run_config, staged, staging_for
-from .embedded import pypi_file
-from .generation import Answer
-from .runtime import cache_dir
+from finetune_lab.checkpoints import check_run_files, clean_stale_staging, publish, read_run_config, staged, staging_for
+from finetune_lab.embedded import pypi_file
+from finetune_lab.generation import Answer
+from finetune_lab.runtime import cache_dir
 
 EXPORT = "export"
 # Written by convert_hf_to_gguf.py from the merged weights (its --outtype values).
@@ -99,15 +99,10 @@ def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = Fa
             + "; ".join(f"{k} ({v})" for k, v in GGUF_TYPES.items())
         )
     types = tuple(sorted(set(types), key=list(GGUF_TYPES).index))  # f16 before the types quantized from it
-    fix = "retrain the run, or restore the file from a copy"
-    method = run_config.get("method")
-    notes = []
+    check_run_files(run_dir, run_config)
+    method, notes = run_config.get("method"), []
     if method == "full":
-        _check_weights(run_dir / "model.safetensors")
         notes.append("full fine-tuning saved the whole model: there is no adapter to merge, it is converted as it is")
-    else:
-        read_json(run_dir / "adapter_config.json", fix)
-        _check_weights(run_dir / "adapter_model.safetensors")
     if method == "qlora":
         notes.append(
             "QLoRA run: its adapter learned on the 4-bit NF4 base, so it is merged onto that base de-quantized "
@@ -338,7 +333,7 @@ def gguf_label(outtype: str) -> str:
 def parity_report(plan: ExportPlan, prompts, references, answers: dict[str, list[Answer]], tokenizer) -> dict:
     """Per prompt and per model: the answer, whether it equals the checkpoint's, where it parts from it, whether
     it stopped at end-of-turn, and its accuracy (modules/05's scoring); per file its size and totals."""
-    from .evaluation import DEFAULT_API, load_api, score
+    from finetune_lab.evaluation import DEFAULT_API, load_api, score
 
     api = load_api(DEFAULT_API)
     files = {REFERENCE: None, MERGED: plan.staging / "merged", **{gguf_label(t): plan.gguf(t) for t in plan.types}}
@@ -418,7 +413,7 @@ def parity_markdown(report: dict, prompts) -> str:
 
 def finish_export(plan: ExportPlan, report: dict, prompts, modelfile_text: str) -> Path:
     """Write the parity table and Modelfile, publish the export folder, rewrite the run's model card."""
-    from .model_card import write_model_card
+    from finetune_lab.model_card import write_model_card
 
     (plan.staging / "parity.json").write_text(json.dumps(report, indent=1))
     (plan.staging / "parity.md").write_text(parity_markdown(report, prompts))

@@ -1,12 +1,11 @@
-"""finetune_lab.export: NF4 rounding for QLoRA runs, full fine-tuning runs, the tokenizer fix, answers compared."""
+"""gguf_export.py: NF4 rounding for QLoRA runs, full fine-tuning runs, the tokenizer fix, answers compared."""
 
 import json
 import shutil
 
 import pytest
 import torch
-
-from finetune_lab.export import (
+from gguf_export import (
     NF4_LEVELS,
     as_byte_level_bpe,
     base_as_trained,
@@ -94,7 +93,7 @@ def test_first_difference_counts_tokens(base_model_dir):
 
 
 def test_an_unknown_export_type_lists_the_choices(trained_run):
-    from finetune_lab.export import ExportError
+    from gguf_export import ExportError
 
     with pytest.raises(ExportError, match="f16 .*q8_0 .*8-bit"):
         plan_export(trained_run, ("q5",))
