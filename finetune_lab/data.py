@@ -48,9 +48,6 @@ class Example:
     def user_text(self) -> str:
         return self.prompt[-1]["content"]
 
-    def as_trl_row(self) -> dict:
-        return {"prompt": self.prompt, "completion": [{"role": "assistant", "content": self.completion}]}
-
 
 @dataclass
 class Dataset:
@@ -64,7 +61,10 @@ class Dataset:
         return len(self.examples)
 
     def trl_rows(self) -> list[dict]:
-        return [ex.as_trl_row() for ex in self.examples]
+        """TRL's conversational prompt/completion rows: the trainer masks the prompt's tokens out of the loss."""
+        return [
+            {"prompt": e.prompt, "completion": [{"role": "assistant", "content": e.completion}]} for e in self.examples
+        ]
 
 
 def alpaca_user_text(instruction: str, input_text: str = "") -> str:

@@ -15,6 +15,7 @@ A rate that does not apply to any answer of a table is NaN, shown as n/a, never 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from pathlib import Path
@@ -55,16 +56,15 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-_ROUGE = None
+@functools.cache
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(answer: str, reference: str) -> float:
-    global _ROUGE
-    if _ROUGE is None:
-        from rouge_score import rouge_scorer
-
-        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    return _ROUGE.score(reference, answer)["rougeL"].fmeasure
+    return _rouge().score(reference, answer)["rougeL"].fmeasure
 
 
 _CODE_NODES = (ast.Call, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Import, ast.ImportFrom)
