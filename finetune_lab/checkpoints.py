@@ -122,7 +122,7 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
             f"{paths.run} already holds a finished run; pass overwrite=True (--overwrite) to replace it, or choose "
             "another run_name (--run_name)"
         )
-    if paths.resume.exists() and not overwrite:
+    if paths.latest_resume_checkpoint() is not None and not overwrite:  # one that failed before it: nothing to keep
         raise ConfigError(
             f"{paths.resume} holds an interrupted run: continue it with resume=True (--resume), or pass "
             "overwrite=True (--overwrite) to start again (or choose another run_name (--run_name))"

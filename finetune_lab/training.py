@@ -33,6 +33,34 @@ class TrainingInterrupted(RuntimeError):
     """Ctrl-C during training: a resumable checkpoint was saved first."""
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or inf, or grew far above where it started: the run is stopped unsaved."""
+
+
+# A loss this many times its first value has left the pretrained model behind (a learning rate far too high);
+# a run that learns only ever falls below it.
+DIVERGED_FACTOR = 3.0
+
+
+def stop_on_divergence():
+    """A callback that stops training, unsaved, once the logged loss is NaN or inf or above DIVERGED_FACTOR times
+    its first value."""
+    from transformers import TrainerCallback
+
+    class StopOnDivergence(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            losses = [row["loss"] for row in state.log_history if "loss" in row]
+            if losses and not losses[-1] <= DIVERGED_FACTOR * losses[0]:  # NaN compares False
+                raise TrainingDiverged(
+                    f"the training loss went from {losses[0]:.3f} to {losses[-1]:.3f} by step {state.global_step}: "
+                    "the run diverged and was stopped with nothing of it saved (an earlier run of this name, if any, "
+                    "is unchanged). Lower the learning rate "
+                    f"(--learning_rate, now {args.learning_rate:g})"
+                )
+
+    return StopOnDivergence()
+
+
 @dataclass
 class TrainResult:
     history: list[dict]  # one row per step (loss) and one per evaluation (validation_loss)
@@ -54,14 +82,19 @@ class TrainResult:
         return [h for h in self.history if "validation_loss" in h]
 
 
+def check_validation(cfg: TrainConfig, validation: bool) -> None:
+    """Settings that choose the epoch by the validation loss need held-out data: checked before anything loads."""
+    if cfg.restores_best and not validation:
+        fix = "pass a held-out file (--heldout FILE), or train without --keep_best / --early_stopping_patience"
+        raise ConfigError(
+            f"keep_best and early_stopping_patience need held-out data to measure the validation loss; {fix}"
+        )
+
+
 def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: bool = False) -> dict:
     """The SFTConfig settings a student need not change: where checkpoints go, seeds, the device's optimizer and
     data loading, data-parallel details, and the best-epoch bookkeeping. Both twins spell out the rest."""
-    if cfg.restores_best and not validation:
-        raise ConfigError(
-            "keep_best and early_stopping_patience need held-out data to measure the validation loss on "
-            "(--heldout FILE)"
-        )
+    check_validation(cfg, validation)
     args = dict(
         output_dir=str(output_dir),
         # Packing cuts each row at max_length, truncating an example only if it alone is longer; padding-free
@@ -74,6 +107,7 @@ def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: b
         save_strategy="epoch" if cfg.restores_best else "steps",  # the best epoch needs a checkpoint to go back to
         save_steps=cfg.save_steps,
         save_total_limit=2,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (the filter would log 0) and stops the run
         load_best_model_at_end=cfg.restores_best,
         metric_for_best_model="eval_loss" if cfg.restores_best else None,
         greater_is_better=False if cfg.restores_best else None,

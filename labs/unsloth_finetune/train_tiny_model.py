@@ -48,8 +48,10 @@ from finetune_lab.phases import Phases, process_start_time
 from finetune_lab.runtime import is_main_process, processes
 from finetune_lab.tracking import log_run_files, wandb_run
 from finetune_lab.training import (
+    TrainingDiverged,
     TrainingInterrupted,
     check_resume,
+    check_validation,
     effective_batch_size,
     keep_fp16_master_weights,
     pick_test_prompts,
@@ -58,6 +60,7 @@ from finetune_lab.training import (
     run_trainer,
     samples_of,
     sft_plumbing,
+    stop_on_divergence,
     summary,
     trainer_class,
     write_run_files,
@@ -198,14 +201,16 @@ def make_trainer(model, tokenizer, cfg: TrainConfig, args, train_data, heldout=N
     def rows(data):
         return data if isinstance(data, HFDataset) else HFDataset.from_list(data.trl_rows())
 
-    patience = cfg.early_stopping_patience
+    callbacks = [stop_on_divergence()]  # a NaN or exploding loss ends the run unsaved, with what to lower
+    if cfg.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=rows(train_data),
         eval_dataset=rows(heldout) if heldout is not None else None,
         processing_class=tokenizer,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else None,
+        callbacks=callbacks,
     )
     keep_fp16_master_weights(trainer)
     return trainer
@@ -261,6 +266,7 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
     """The lab from data to saved run folder, in the notebook's order; `started_at` (a time.time() stamp) gives
     the wall time to the saved weights."""
     train_data, heldout = load_data(cfg, heldout_path)
+    check_validation(cfg, validation=heldout is not None)
     paths, phases = RunPaths.of(cfg.output_dir, cfg.run_name), Phases()
     # one lock per run, taken by the main process; the data-parallel processes of the run share it
     with run_lock(paths) if is_main_process() else contextlib.nullcontext():
@@ -285,7 +291,11 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
         for callback in callbacks:
             trainer.add_callback(callback)
         with wandb_run(cfg, paths.run.parent):
-            result = run_trainer(trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases)
+            try:
+                result = run_trainer(trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases)
+            except TrainingDiverged:
+                shutil.rmtree(paths.resume, ignore_errors=True)  # nothing worth resuming
+                raise
             for_inference(model, choice)
             with phases("generate after"):
                 after = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)

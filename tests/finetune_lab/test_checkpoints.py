@@ -123,13 +123,25 @@ def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):
     ):
         prepare_run(tmp_path, "done")
     assert prepare_run(tmp_path, "done", overwrite=True).run == tmp_path / "done"
-    (tmp_path / "cut.resume").mkdir()
+    (tmp_path / "cut.resume" / "checkpoint-4").mkdir(parents=True)
     (tmp_path / "cut.resume" / RESUME_CONFIG).write_text("{}")
+    (tmp_path / "cut.resume" / "checkpoint-4" / "trainer_state.json").write_text("{}")
     with pytest.raises(
         ConfigError,
         match=re.escape("holds an interrupted run: continue it with resume=True (--resume), or pass overwrite=True"),
     ):
         prepare_run(tmp_path, "cut")
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_name(tmp_path):
+    from finetune_lab.checkpoints import RESUME_CONFIG, prepare_run
+    from finetune_lab.config import ConfigError
+
+    (tmp_path / "early.resume").mkdir()
+    (tmp_path / "early.resume" / RESUME_CONFIG).write_text("{}")  # its settings, written before the first step
+    assert prepare_run(tmp_path, "early").run == tmp_path / "early"
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        prepare_run(tmp_path, "early", resume=True)
 
 
 # ---------------------------------------------------------------- one process per run folder

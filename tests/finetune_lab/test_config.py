@@ -64,8 +64,9 @@ def test_existing_run_folder_is_refused_unless_overwrite_or_resume(tmp_path):
     with pytest.raises(ConfigError, match=re.escape("already holds a finished run; pass overwrite=True (--overwrite)")):
         prepare_run(tmp_path, "r1")
     assert prepare_run(tmp_path, "r1", overwrite=True).run == tmp_path / "r1"
-    (tmp_path / "r2.resume").mkdir()
+    (tmp_path / "r2.resume" / "checkpoint-2").mkdir(parents=True)
     (tmp_path / "r2.resume" / "resume_config.json").write_text("{}")
+    (tmp_path / "r2.resume" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     with pytest.raises(ConfigError, match=re.escape("interrupted run: continue it with resume=True (--resume)")):
         prepare_run(tmp_path, "r2")
     with pytest.raises(ConfigError, match="nothing to resume"):

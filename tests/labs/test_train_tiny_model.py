@@ -1,6 +1,8 @@
 """labs/unsloth_finetune end to end: the CLI trains the embedded model on the course data and it learns."""
 
 import json
+import re
+import shutil
 
 import pytest
 from helpers import REPO, TRAIN_NOTEBOOK, checked_output, run_cli, start_cli, write_jsonl
@@ -86,6 +88,34 @@ def test_a_finished_run_is_not_overwritten_by_surprise(trained_run):
     )
     assert done.returncode == 2 and "already holds a finished run; pass overwrite=True (--overwrite)" in done.stderr
     assert (trained_run / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_a_diverging_run_stops_unsaved_and_the_run_it_would_replace_is_kept(trained_run, tmp_path):
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run)
+    before = (run / "adapter_model.safetensors").read_bytes()
+    args = [
+        "--test_mode",
+        "--overwrite",
+        "--learning_rate",
+        "1e4",
+        "--output_dir",
+        str(tmp_path),
+        "--run_name",
+        run.name,
+    ]
+    done = run_cli(*args, timeout=300)
+    error = re.search(r"error: the training loss went from .*", done.stderr)  # the progress bar shares its line
+    assert done.returncode == 2 and error, done.stderr[-2000:]
+    assert "Lower the learning rate (--learning_rate, now 10000)" in error.group(0)
+    assert (run / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no .resume, staging or lock left
+
+
+def test_keep_best_without_held_out_data_is_refused_before_any_model_loads(tmp_path):
+    done = run_cli("--keep_best", "--heldout", "", "--output_dir", str(tmp_path / "out"), timeout=120)
+    assert done.returncode == 2 and "keep_best and early_stopping_patience need held-out data" in done.stderr
+    assert "backend=" not in done.stdout and not (tmp_path / "out").exists()
 
 
 @pytest.mark.extended
