@@ -12,6 +12,7 @@ completion's tokens are trained on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -56,6 +57,7 @@ class Dataset:
     examples: list[Example]
     duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
+    sha256: str = ""  # of the file as read: a resumed run and the evaluation tell when it has changed since
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -149,7 +151,7 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
     return example
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
+def _read_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     if not path.exists():
         fix = "check the path (it is read relative to the folder you run from)"
         raise DatasetError(path, "the file does not exist", fix)
@@ -166,7 +168,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         what = "the file is empty" if not text else "the file holds only blank lines"
         raise DatasetError(path, what, 'put one JSON object per line, e.g. {"instruction": "...", "output": "..."}')
     # JSONL lines end at a newline only: a string may hold U+2028 or U+0085, which str.splitlines() would split at
-    return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    return lines, hashlib.sha256(raw).hexdigest()
 
 
 def _parse(path: Path, n: int, line: str) -> dict:
@@ -192,7 +195,8 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     """Read and validate every line of a JSONL dataset; raise DatasetError at the first bad one."""
     path = Path(path)
     schema, schema_line, examples = None, 0, []
-    for n, line in _read_lines(path):
+    lines, sha256 = _read_lines(path)
+    for n, line in lines:
         row = _parse(path, n, line)
         row_schema = _schema_of(row)
         if row_schema is None or isinstance(row_schema, list):
@@ -207,7 +211,7 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
             raise DatasetError(path, problem, "use one schema for the whole file", n)
         examples.append(_example(row, schema, path, n, system_prompt))
     seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
-    dataset = Dataset(path=path, schema=schema, examples=examples, duplicates=sum(c - 1 for c in seen.values()))
+    dataset = Dataset(path, schema, examples, duplicates=sum(c - 1 for c in seen.values()), sha256=sha256)
     if dataset.duplicates:
         most = max(seen.values())
         dataset.warnings.append(
@@ -272,7 +276,6 @@ def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
 def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     """Split off a held-out part deterministically: the `fraction` of examples (at least one) whose prompts hash
     lowest, so the same file always gives the same split, whatever its order."""
-    import hashlib
     import math
 
     def key(ex):
@@ -289,8 +292,8 @@ def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     kept = [ex for ex in dataset.examples if id(ex) not in held]
     heldout = [ex for ex in dataset.examples if id(ex) in held]
     return (
-        Dataset(dataset.path, dataset.schema, kept, warnings=list(dataset.warnings)),
-        Dataset(dataset.path, dataset.schema, heldout),
+        Dataset(dataset.path, dataset.schema, kept, warnings=list(dataset.warnings), sha256=dataset.sha256),
+        Dataset(dataset.path, dataset.schema, heldout, sha256=dataset.sha256),
     )
 
 
@@ -303,3 +306,17 @@ def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
         )["input_ids"]
         too_long += len(ids) > max_seq_length
     return too_long
+
+
+def heldout_overlap(train: Dataset, heldout: Dataset) -> str | None:
+    """A warning when held-out examples also stand in the training file (the same prompt): scores on them measure
+    what the model memorised, not what it learned."""
+    trained = {json.dumps(ex.prompt, sort_keys=True) for ex in train.examples}
+    shared = [str(ex.line) for ex in heldout.examples if json.dumps(ex.prompt, sort_keys=True) in trained]
+    if shared:
+        return (
+            f"{heldout.path}, line(s) {', '.join(shared[:10])}: {len(shared)} of the {len(heldout)} held-out prompts "
+            f"are also in {train.path}, so the validation loss and held-out scores partly measure memory; remove "
+            "them from one of the files"
+        )
+    return None

@@ -231,6 +231,24 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+COURSE_HELDOUT = "data/course_heldout.jsonl"  # what runs recorded before they named their held-out file
+
+
+def run_data(run_config: dict) -> tuple[str, str | None]:
+    """The training and held-out files a run used (its run_config.json names them): what is scored by default.
+    Says so where one has changed since, and stops where one is gone."""
+    from .data import DatasetError, load_jsonl
+
+    files = (run_config["data"], run_config.get("heldout", COURSE_HELDOUT))
+    for path, key in zip(files, ("data_sha256", "heldout_sha256")):
+        if path and not Path(path).is_file():
+            fix = "pass the files to score: --train FILE [--heldout FILE] (TRAIN_FILE, HELDOUT_FILE in the notebook)"
+            raise DatasetError(path, "the run trained with this file, which is no longer there", fix)
+        if path and run_config.get(key) and load_jsonl(path).sha256 != run_config[key]:
+            print(f"note: {path} has changed since the run trained with it; its current content is scored")
+    return files
+
+
 def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0, split_off: float = 0.0) -> dict:
     """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0. With
     one file and split_off > 0, that share of it is split off deterministically as a held-out split, whose name

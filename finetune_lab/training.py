@@ -223,12 +223,21 @@ def train_clock(resume_dir: Path, resumed: bool):
     return TrainClock()
 
 
-def run_trainer(trainer, cfg: TrainConfig, paths: RunPaths, resume_from: Path | None, phases: Phases) -> TrainResult:
+def data_record(train, heldout) -> dict:
+    """Which data a run trained and validated on, and the content hash of each file as it was read."""
+    return {
+        "heldout": str(heldout.path) if heldout else None,
+        "data_sha256": train.sha256,
+        "heldout_sha256": heldout.sha256 if heldout else None,
+    }
+
+
+def run_trainer(trainer, cfg: TrainConfig, paths: RunPaths, resume_from: Path | None, phases: Phases, data: dict):
     """trainer.train(), timed; on Ctrl-C save a resumable checkpoint in paths.resume and raise TrainingInterrupted.
-    A fresh run first records its settings there (what marks the folder as this run's resumable state)."""
+    A fresh run first records its settings and data there (what marks the folder as this run's resumable state)."""
     if resume_from is None and is_main_process():
         paths.resume.mkdir(parents=True, exist_ok=True)
-        (paths.resume / RESUME_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
+        (paths.resume / RESUME_CONFIG).write_text(json.dumps({**cfg.to_dict(), **data}, indent=1))
     clock = train_clock(paths.resume, resume_from is not None)
     trainer.add_callback(clock)
     start = time.perf_counter()
@@ -270,14 +279,16 @@ def result_of(trainer, cfg: TrainConfig, seconds: float, seconds_to_first_step: 
     )
 
 
-def check_resume(paths: RunPaths, cfg: TrainConfig) -> None:
-    """Refuse to continue an interrupted run with settings that would change what trains, listing them."""
+def check_resume(paths: RunPaths, cfg: TrainConfig, data: dict) -> None:
+    """Refuse to continue an interrupted run with settings or data that would change what trains, listing them."""
     saved = read_json(paths.resume / RESUME_CONFIG, "start again with overwrite=True (--overwrite)")
-    now = json.loads(json.dumps(cfg.to_dict()))  # tuples as lists, as saved
+    now = json.loads(json.dumps({**cfg.to_dict(), **data}))  # tuples as lists, as saved
     changed = [
-        f"{key} {saved.get(key)!r} (interrupted run) vs {value!r} (now)"
+        f"the content of {now[key.removesuffix('_sha256')]} (edited since the run started)"
+        if key.endswith("_sha256")
+        else f"{key} {saved[key]!r} (interrupted run) vs {value!r} (now)"
         for key, value in now.items()
-        if key not in RESUME_MAY_CHANGE and saved.get(key) != value
+        if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != value  # in saved: older runs lack some
     ]
     if changed:
         raise ConfigError(
@@ -341,12 +352,13 @@ def print_summary(values: dict, samples: list[dict], warnings: list[str], phases
         print(f"[after]\n{s['after']}")
 
 
-def run_record(cfg: TrainConfig, choice, model, train_data) -> dict:
+def run_record(cfg: TrainConfig, choice, model, train_data, heldout=None) -> dict:
     """run_config.json: the settings, how it ran, and what the base and data were (load_checkpoint checks them)."""
     from .models import base_fingerprint
 
     return {
         **cfg.to_dict(),
+        **data_record(train_data, heldout),
         "backend_choice": vars(choice),
         "base_fingerprint": base_fingerprint(model),
         "dataset_schema": train_data.schema,

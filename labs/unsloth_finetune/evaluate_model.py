@@ -6,10 +6,11 @@ How to run (from the repository root):
     python labs/unsloth_finetune/evaluate_model.py checkpoints/smollm2-lora-r16
     python labs/unsloth_finetune/evaluate_model.py checkpoints/smollm2-lora-r16 --limit 4 --no_base   # quick look
     python labs/unsloth_finetune/evaluate_model.py checkpoints/my-run --train my_module03.jsonl [--heldout mine.jsonl]
-It answers every prompt of the training and held-out files with the base model (adapter off) and the
-fine-tuned model, scores the answers as code or prose (modules/05: accuracy, abstained, hallucination rate, exact
-match, token F1, ROUGE-L, parses) and writes <run>/eval/: per_example.csv/.json (the column "hallucinated" holds
-the invented calls or specifics), summary.json and scores.png. A rate that does not apply prints n/a.
+It answers every prompt of the files the run trained and validated on (or those given) with the base model
+(adapter off) and the fine-tuned model, scores the answers as code or prose (modules/05: accuracy, abstained,
+hallucination rate, exact match, token F1, ROUGE-L, parses) and writes <run>/eval/: per_example.csv/.json (the
+column "hallucinated" holds the invented calls or specifics), summary.json and scores.png. A rate that does not
+apply prints n/a.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune_lab.checkpoints import CheckpointError, load_checkpoint
+from finetune_lab.checkpoints import CheckpointError, load_checkpoint, read_run_config
 from finetune_lab.config import ConfigError, TrainConfig, at_least
 from finetune_lab.data import DatasetError
-from finetune_lab.evaluation import DEFAULT_API, evaluate_model, load_api, load_splits, save_evaluation
+from finetune_lab.evaluation import DEFAULT_API, evaluate_model, load_api, load_splits, run_data, save_evaluation
 from finetune_lab.tracking import log_run_files, wandb_run
 
 
@@ -54,16 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("run_dir", help="a finished run folder, e.g. checkpoints/smollm2-lora-r16")
-    parser.add_argument("--train", help="your training file (e.g. your Module 03 dataset); replaces --data")
+    parser.add_argument(
+        "--train", help="your training file (e.g. your Module 03 dataset), scored instead of the run's own"
+    )
     parser.add_argument(
         "--heldout",
         help="your held-out file; without it, 20%% of --train is split off deterministically and scored as held out",
     )
     parser.add_argument(
-        "--data",
-        nargs="+",
-        default=["trained=data/course_train.jsonl", "held-out=data/course_heldout.jsonl"],
-        help="NAME=FILE pairs to evaluate on",
+        "--data", nargs="+", help="NAME=FILE pairs to evaluate on (default: the files the run trained and validated on)"
     )
     parser.add_argument("--api", default=str(DEFAULT_API), help="the course library's API stub (.pyi)")
     parser.add_argument("--limit", type=at_least(0), default=0, help="first N examples of each file only (0: all)")
@@ -79,11 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def data_files(args, parser) -> tuple[dict[str, str], float]:
     """The named files to score and the share of a lone --train file to split off as held out."""
-    if not args.train:
+    if args.data:
         try:
             return dict(item.split("=", 1) for item in args.data), 0.0
         except ValueError:
             parser.error("--data takes NAME=FILE pairs, e.g. trained=data/course_train.jsonl")
+    if not args.train:
+        train, heldout = run_data(read_run_config(args.run_dir))
+        return {"trained": train, **({"held-out": heldout} if heldout else {})}, 0.0
     if args.heldout:
         return {"trained": args.train, "held-out": args.heldout}, 0.0
     print(
@@ -96,8 +99,8 @@ def data_files(args, parser) -> tuple[dict[str, str], float]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    data, split_off = data_files(args, parser)
     try:
+        data, split_off = data_files(args, parser)
         summary = evaluate(args, data, split_off)
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from finetune_lab.checkpoints import CheckpointError, RunPaths, is_finished_run, prepare_run, run_lock, writing_run
 from finetune_lab.config import ConfigError, TrainConfig, add_config_flags, config_from_args
-from finetune_lab.data import DatasetError, check_chat_markers, count_too_long, load_jsonl
+from finetune_lab.data import DatasetError, check_chat_markers, count_too_long, heldout_overlap, load_jsonl
 from finetune_lab.generation import generate
 from finetune_lab.models import (
     adapters_off,
@@ -52,6 +52,7 @@ from finetune_lab.training import (
     TrainingInterrupted,
     check_resume,
     check_validation,
+    data_record,
     effective_batch_size,
     keep_fp16_master_weights,
     pick_test_prompts,
@@ -75,6 +76,9 @@ def load_data(cfg: TrainConfig, heldout_path: str | None):
         train_data.examples = train_data.examples[: cfg.limit_examples]
     if cfg.limit_heldout and heldout is not None:
         heldout.examples = heldout.examples[: cfg.limit_heldout]
+    overlap = heldout_overlap(train_data, heldout) if heldout is not None else None
+    if overlap:
+        train_data.warnings.append(overlap)
     return train_data, heldout
 
 
@@ -267,12 +271,13 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
     the wall time to the saved weights."""
     train_data, heldout = load_data(cfg, heldout_path)
     check_validation(cfg, validation=heldout is not None)
+    data = data_record(train_data, heldout)
     paths, phases = RunPaths.of(cfg.output_dir, cfg.run_name), Phases()
     # one lock per run, taken by the main process; the data-parallel processes of the run share it
     with run_lock(paths) if is_main_process() else contextlib.nullcontext():
         prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
         if resume:
-            check_resume(paths, cfg)
+            check_resume(paths, cfg, data)
         model, tokenizer, choice = model_for_training(cfg, phases)
         for data in (train_data, heldout):
             if data is not None:
@@ -292,7 +297,9 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
             trainer.add_callback(callback)
         with wandb_run(cfg, paths.run.parent):
             try:
-                result = run_trainer(trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases)
+                result = run_trainer(
+                    trainer, cfg, paths, paths.latest_resume_checkpoint() if resume else None, phases, data
+                )
             except TrainingDiverged:
                 shutil.rmtree(paths.resume, ignore_errors=True)  # nothing worth resuming
                 raise
@@ -301,13 +308,14 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
                 after = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
             run = Run(cfg, result, {}, samples_of(prompts, references, before, after), warnings, model, tokenizer)
             if is_main_process():  # one writer: the other data-parallel processes hold the same weights
-                run.summary = save(run, choice, paths, train_data, phases, started_at)
+                run.summary = save(run, choice, paths, (train_data, heldout), phases, started_at)
     return run
 
 
-def save(run: Run, choice, paths: RunPaths, train_data, phases: Phases, started_at: float | None) -> dict:
-    """Section 10: the run folder, written atomically (adapter, tokenizer, settings, history, curve, answers)."""
-    with writing_run(paths, run_record(run.config, choice, run.model, train_data)) as folder:
+def save(run: Run, choice, paths: RunPaths, data: tuple, phases: Phases, started_at: float | None) -> dict:
+    """Section 10: the run folder, written atomically (adapter, tokenizer, settings, history, curve, answers);
+    `data`: the training and held-out Datasets."""
+    with writing_run(paths, run_record(run.config, choice, run.model, *data)) as folder:
         with phases("save"):
             run.model.save_pretrained(folder)
             run.tokenizer.save_pretrained(folder)

@@ -202,3 +202,15 @@ def test_a_line_nested_too_deeply_is_a_dataset_error_not_a_recursion_error(tmp_p
     path = write_jsonl(tmp_path / "deep.jsonl", ["[" * 50_000], raw=True)
     with pytest.raises(DatasetError, match=r"deep\.jsonl, line 1: the line nests arrays or objects too deeply"):
         load_jsonl(path)
+
+
+def test_held_out_prompts_that_are_also_in_the_training_file_are_named(tmp_path):
+    from finetune_lab.data import heldout_overlap
+
+    rows = [{"instruction": f"Water bed {i}.", "output": f"garden.water(bed={i})"} for i in range(4)]
+    train = load_jsonl(write_jsonl(tmp_path / "train.jsonl", rows))
+    heldout = load_jsonl(write_jsonl(tmp_path / "heldout.jsonl", [rows[2], {"instruction": "Prune.", "output": "x"}]))
+    warning = heldout_overlap(train, heldout)
+    assert warning.startswith(f"{heldout.path}, line(s) 1: 1 of the 2 held-out prompts are also in {train.path}")
+    course = load_jsonl(REPO / "data" / "course_train.jsonl")
+    assert heldout_overlap(course, load_jsonl(REPO / "data" / "course_heldout.jsonl")) is None

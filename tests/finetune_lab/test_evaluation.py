@@ -230,3 +230,20 @@ def test_every_schema_is_evaluated_with_its_own_turns(tmp_path):
         {"role": "user", "content": "Which port?"},
     ]
     assert all(ds.examples[0].completion == "Port 5000." for ds in splits.values())
+
+
+def test_a_run_is_scored_on_its_own_files_which_are_checked_first(tmp_path, capsys):
+    from finetune_lab.data import DatasetError, load_jsonl
+    from finetune_lab.evaluation import COURSE_HELDOUT, run_data
+
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"instruction": "Water bed 2.", "output": "garden.water(bed=2)"}\n')
+    recorded = {"data": str(mine), "heldout": None, "data_sha256": load_jsonl(mine).sha256}
+    assert run_data(recorded) == (str(mine), None) and capsys.readouterr().out == ""
+    mine.write_text('{"instruction": "Water bed 3.", "output": "garden.water(bed=3)"}\n')
+    assert run_data(recorded) == (str(mine), None)
+    assert f"note: {mine} has changed since the run trained with it" in capsys.readouterr().out
+    assert run_data({"data": "data/course_train.jsonl"})[1] == COURSE_HELDOUT  # runs that did not record it
+    mine.unlink()
+    with pytest.raises(DatasetError, match="the run trained with this file, which is no longer there. Fix: pass the"):
+        run_data(recorded)

@@ -256,3 +256,17 @@ def test_early_stopping_uses_transformers_callback_and_goes_back_to_the_best_epo
     assert args.eval_strategy == args.save_strategy == "epoch"
     with pytest.raises(ConfigError, match="need held-out data"):
         lab.training_args(cfg.replace(early_stopping_patience=0, keep_best=True), choice, tmp_path / "x", False)
+
+
+def test_resume_is_refused_when_the_data_was_edited_since_the_run_started(tmp_path):
+    from finetune_lab.checkpoints import RESUME_CONFIG, RunPaths
+    from finetune_lab.training import check_resume, data_record
+
+    paths, cfg = RunPaths.of(tmp_path, "r"), quick_config()
+    train = load_jsonl(REPO / "data" / "course_train.jsonl")
+    paths.resume.mkdir()
+    (paths.resume / RESUME_CONFIG).write_text(json.dumps({**cfg.to_dict(), **data_record(train, None)}))
+    check_resume(paths, cfg, data_record(train, None))  # the same data: goes on
+    train.sha256 = "0" * 64  # one answer edited in place: same path, other content
+    with pytest.raises(ConfigError, match="the content of data/course_train.jsonl \\(edited since the run started\\)"):
+        check_resume(paths, cfg, data_record(train, None))

@@ -8,6 +8,7 @@ import pytest
 from helpers import REPO, TRAIN_NOTEBOOK, checked_output, run_cli, start_cli, write_jsonl
 
 from finetune_lab.checkpoints import load_checkpoint
+from finetune_lab.data import load_jsonl
 from finetune_lab.evaluation import same_program
 from finetune_lab.generation import generate
 
@@ -27,6 +28,9 @@ def test_the_run_folder_holds_everything_the_lab_promises(trained_run):
     ):
         assert (trained_run / name).stat().st_size > 0, name
     assert not trained_run.with_name(trained_run.name + ".resume").exists()
+    recorded = json.loads((trained_run / "run_config.json").read_text())  # what evaluation scores by default
+    assert (recorded["data"], recorded["heldout"]) == ("data/course_train.jsonl", "data/course_heldout.jsonl")
+    assert recorded["data_sha256"] == load_jsonl(REPO / "data" / "course_train.jsonl").sha256
     stdout = (trained_run / "cli_stdout.txt").read_text()
     assert "backend=transformers device=cpu dtype=float32 method=lora" in stdout
     for line in ("=== Lab summary ===", "train_seconds:", "steps: 16", "[before]", "[after]", "loss_curve:"):
