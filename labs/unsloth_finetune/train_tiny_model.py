@@ -279,9 +279,9 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
         if resume:
             check_resume(paths, cfg, data)
         model, tokenizer, choice = model_for_training(cfg, phases)
-        for data in (train_data, heldout):
-            if data is not None:
-                check_chat_markers(data, tokenizer, cfg.model)
+        for dataset in (train_data, heldout):
+            if dataset is not None:
+                check_chat_markers(dataset, tokenizer, cfg.model)
         warnings = data_warnings(cfg, train_data, tokenizer)
         prompts, references = pick_test_prompts(train_data, heldout)
         for_inference(model, choice)
