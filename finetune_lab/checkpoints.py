@@ -105,6 +105,13 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
         raise ConfigError(
             "choose either overwrite=True to start again or resume=True to continue (--overwrite / --resume), not both"
         )
+    root = Path(output_dir).resolve()
+    inside = next((p for p in [root, *root.parents] if is_finished_run(p)), None)
+    if inside:
+        raise ConfigError(
+            f"output_dir {output_dir} is inside the finished run {inside}; runs go beside each other, not into one "
+            "another: choose another output_dir (--output_dir), e.g. its parent"
+        )
     if paths.run.exists() and not is_finished_run(paths.run):
         raise _not_ours(paths.run, RUN_CONFIG, "a finished run")
     if paths.resume.exists() and not (paths.resume / RESUME_CONFIG).is_file():
@@ -117,6 +124,8 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
         if paths.run.exists():
             raise ConfigError(f"{paths.run} is already complete; pass overwrite=True (--overwrite) to train it again")
         return paths
+    if paths.run.exists() and overwrite:
+        _check_only_ours(paths.run)
     if paths.run.exists() and not overwrite:
         raise ConfigError(
             f"{paths.run} already holds a finished run; pass overwrite=True (--overwrite) to replace it, or choose "
@@ -128,6 +137,38 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
             "overwrite=True (--overwrite) to start again (or choose another run_name (--run_name))"
         )
     return paths
+
+
+# Written into a finished run by the lab later on: the evaluations and the export.
+LATER = ("eval", "export")
+
+
+def _check_only_ours(run: Path) -> None:
+    """Refuse to replace a run folder that holds anything the lab did not write there (runs saved before the lab
+    recorded its files are taken as they are)."""
+    try:
+        recorded = json.loads((run / RUN_CONFIG).read_text()).get("files")
+    except (ValueError, AttributeError):  # a damaged run_config.json names no files
+        recorded = None
+    foreign = [p.name for p in run.iterdir() if recorded and p.name not in recorded and not p.name.startswith(LATER)]
+    if foreign:
+        raise ConfigError(
+            f"{run} holds files the lab did not write there: {', '.join(sorted(foreign))}. --overwrite replaces the "
+            "whole folder, so nothing was touched: move them out first, or choose another run_name (--run_name)"
+        )
+
+
+def replacing_note(paths: RunPaths) -> str | None:
+    """What --overwrite is about to replace, with sizes, said before the new run trains."""
+    if not paths.run.exists():
+        return None
+    size = sum(p.stat().st_size for p in paths.run.rglob("*") if p.is_file()) / 1e6
+    later = [f"{p.name}/" for p in sorted(paths.run.iterdir()) if p.name.startswith(LATER) and p.is_dir()]
+    with_later = f", with its {' and '.join(later)}" if later else ""
+    return (
+        f"--overwrite: the finished run {paths.run} ({size:,.1f} MB{with_later}) is replaced once this run is "
+        "saved; until then it stays as it is, and a run that fails or diverges leaves it untouched"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -237,7 +278,7 @@ def clean_stale_staging(folder: Path) -> None:
 def writing_run(paths: RunPaths, run_config: dict):
     """The folder to save a finished run into, published as paths.run only when the block completes (an
     interrupted save never leaves a half-written run); then the run's resumable state goes."""
-    from .model_card import hub_id, write_model_card
+    from .model_card import CARD, hub_id, write_model_card
 
     paths.run.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(paths.run.parent)
@@ -250,7 +291,8 @@ def writing_run(paths: RunPaths, run_config: dict):
             values = json.loads(adapter_config.read_text())
             values["base_model_name_or_path"] = hub_id(run_config["model"])
             adapter_config.write_text(json.dumps(values, indent=2))
-        (staging / RUN_CONFIG).write_text(json.dumps(run_config, indent=2))
+        files = sorted({p.name for p in staging.iterdir()} | {RUN_CONFIG, CARD})  # what --overwrite may replace
+        (staging / RUN_CONFIG).write_text(json.dumps({**run_config, "files": files}, indent=2))
         write_model_card(staging)  # replaces PEFT's empty template
     shutil.rmtree(paths.resume, ignore_errors=True)
 

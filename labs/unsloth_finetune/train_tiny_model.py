@@ -27,7 +27,15 @@ import sys
 import time
 from dataclasses import dataclass
 
-from finetune_lab.checkpoints import CheckpointError, RunPaths, is_finished_run, prepare_run, run_lock, writing_run
+from finetune_lab.checkpoints import (
+    CheckpointError,
+    RunPaths,
+    is_finished_run,
+    prepare_run,
+    replacing_note,
+    run_lock,
+    writing_run,
+)
 from finetune_lab.config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from finetune_lab.data import DatasetError, check_chat_markers, count_too_long, heldout_overlap, load_jsonl
 from finetune_lab.generation import generate
@@ -276,6 +284,8 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
     # one lock per run, taken by the main process; the data-parallel processes of the run share it
     with run_lock(paths) if is_main_process() else contextlib.nullcontext():
         prepare_run(cfg.output_dir, cfg.run_name, overwrite=overwrite, resume=resume)
+        if overwrite and (note := replacing_note(paths)):
+            print(f"[finetune_lab] {note}")
         if resume:
             check_resume(paths, cfg, data)
         model, tokenizer, choice = model_for_training(cfg, phases)

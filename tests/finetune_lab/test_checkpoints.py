@@ -1,5 +1,6 @@
 """finetune_lab.checkpoints: a save killed midway loses nothing, a wrong base is refused."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -110,6 +111,27 @@ def test_run_names_with_the_lab_suffixes_and_a_finished_run_named_like_resume_st
     with pytest.raises(ConfigError, match="foo.resume is a folder without resume_config.json, not an interrupted run"):
         prepare_run(tmp_path, "foo", overwrite=True)
     assert (finished / RUN_CONFIG).exists()
+
+
+def test_overwrite_replaces_only_what_the_lab_wrote_and_says_what_it_replaces(tmp_path):
+    from finetune_lab.checkpoints import RUN_CONFIG, RunPaths, prepare_run, replacing_note
+    from finetune_lab.config import ConfigError
+
+    run = tmp_path / "r"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "summary.json").write_text("[]")
+    (run / "adapter_model.safetensors").write_bytes(b"x" * 2_000_000)
+    recorded = {"model": "smollm2-135m", "method": "lora", "files": ["adapter_model.safetensors", RUN_CONFIG]}
+    (run / RUN_CONFIG).write_text(json.dumps(recorded))
+    assert prepare_run(tmp_path, "r", overwrite=True).run == run
+    note = replacing_note(RunPaths.of(tmp_path, "r"))
+    assert note.startswith(f"--overwrite: the finished run {run} (2.0 MB, with its eval/) is replaced once this run")
+    (run / "my_notes.txt").write_text("keep me")
+    (run / "mydata").mkdir()
+    with pytest.raises(ConfigError, match="holds files the lab did not write there: my_notes.txt, mydata. --overwrite"):
+        prepare_run(tmp_path, "r", overwrite=True)
+    with pytest.raises(ConfigError, match=f"output_dir {run / 'eval'} is inside the finished run {run}"):
+        prepare_run(run / "eval", "other")
 
 
 def test_the_advice_of_each_refusal_names_the_safe_next_step(tmp_path):

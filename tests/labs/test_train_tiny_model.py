@@ -31,6 +31,7 @@ def test_the_run_folder_holds_everything_the_lab_promises(trained_run):
     recorded = json.loads((trained_run / "run_config.json").read_text())  # what evaluation scores by default
     assert (recorded["data"], recorded["heldout"]) == ("data/course_train.jsonl", "data/course_heldout.jsonl")
     assert recorded["data_sha256"] == load_jsonl(REPO / "data" / "course_train.jsonl").sha256
+    assert {"adapter_model.safetensors", "README.md", "run_config.json"} <= set(recorded["files"])  # --overwrite's
     stdout = (trained_run / "cli_stdout.txt").read_text()
     assert "backend=transformers device=cpu dtype=float32 method=lora" in stdout
     for line in ("=== Lab summary ===", "train_seconds:", "steps: 16", "[before]", "[after]", "loss_curve:"):
