@@ -188,15 +188,19 @@ def _lock_holder(lock: Path) -> int | None:
         return None
 
 
-def _take_lock(lock: Path) -> None:
+def _take_lock(lock: Path) -> bool:
+    """True once taken; False where this process holds it already (an export publishing inside its own lock)."""
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         holder = _lock_holder(lock)
+        if holder == os.getpid():
+            return False
         if holder is not None and _pid_alive(holder):
             raise ConfigError(
-                f"another process (pid {holder}) is training this run right now ({lock} is its lock); wait "
-                "for it to finish or stop it, then run this command again. Nothing was touched"
+                f"another process (pid {holder}) is using this run right now (training, evaluating or exporting it; "
+                f"{lock} is its lock); wait for it to finish or stop it, then run this command again. Nothing was "
+                "touched"
             ) from None
         print(f"[finetune_lab] removed a stale lock {lock} (pid {holder} is no longer running)")
         lock.unlink(missing_ok=True)
@@ -206,28 +210,41 @@ def _take_lock(lock: Path) -> None:
         raise ConfigError(f"cannot write to {lock.parent} ({err.strerror}); {fix}") from None
     with os.fdopen(fd, "w") as f:
         f.write(f"{os.getpid()}\n")
+    return True
 
 
 @contextlib.contextmanager
 def run_lock(paths: RunPaths):
-    """One process per run folder: <run>.lock holds the trainer's pid from before the model loads until the run
-    is published; a lock whose process is gone (killed, machine restarted) is taken over with a note. Written by
-    hand: filelock's FileLock leaves its file behind, and a contender empties it, so it cannot name the holder.
-    Creating it is also the early check that the output folder can be written."""
+    """One process per run folder: <run>.lock holds the pid of the process that trains, evaluates or exports the run
+    (a trainer from before the model loads until the run is published); a lock whose process is gone (killed,
+    machine restarted) is taken over with a note. Written by hand: filelock's FileLock leaves its file behind, and a
+    contender empties it, so it cannot name the holder. Creating it is also the early check that the output folder
+    can be written."""
     lock, made_folder = paths.lock, not paths.lock.parent.exists()
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         fix = "choose an --output_dir you can write to"
         raise ConfigError(f"cannot create the output folder {lock.parent} ({err.strerror}); {fix}") from None
-    _take_lock(lock)
+    taken = _take_lock(lock)
     try:
         yield
     finally:
-        if _lock_holder(lock) == os.getpid():
+        if taken and _lock_holder(lock) == os.getpid():
             lock.unlink(missing_ok=True)
             if made_folder and not any(lock.parent.iterdir()):
                 lock.parent.rmdir()  # a run that stopped before writing anything leaves nothing
+
+
+def check_writable(folder: Path) -> None:
+    """Stop before the work (generating, converting) where its results could not be saved into `folder`."""
+    import tempfile
+
+    try:
+        tempfile.TemporaryDirectory(dir=folder).cleanup()
+    except OSError as err:
+        fix = "make it writable, or copy the run elsewhere and work on the copy"
+        raise ConfigError(f"cannot write to {folder} ({err.strerror}); {fix}. Nothing was done") from None
 
 
 def staging_for(final: Path) -> Path:

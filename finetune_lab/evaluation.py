@@ -215,7 +215,7 @@ def evaluate_model(model, tokenizer, datasets: dict, api=None, max_new_tokens: i
         prompts = [ex.prompt for ex in dataset.examples]
         answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         users, references = [ex.user_text for ex in dataset.examples], [ex.completion for ex in dataset.examples]
-        tables.append(score_answers(users, references, answers, api, split))
+        tables.append(score_answers(users, references, answers, api, split).assign(file=str(dataset.path)))
     out = pd.concat(tables, ignore_index=True)
     out.insert(0, "model", label)
     return out
@@ -227,7 +227,8 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     for (model, split), part in table.groupby(["model", "split"], sort=False):
         families = part["family"].value_counts()
         family = " + ".join(f"{families[f]} {f}" for f in ("code", "prose") if f in families)
-        rows.append({"model": model, "split": split, "n": len(part), "family": family, **aggregate(part)})
+        file = part["file"].iloc[0] if "file" in part else None  # the model card names what was scored
+        rows.append({"model": model, "split": split, "file": file, "n": len(part), "family": family, **aggregate(part)})
     return pd.DataFrame(rows)
 
 
@@ -270,21 +271,23 @@ def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: i
 
 def save_evaluation(run_dir: str | Path, table: pd.DataFrame, out_dir: str | Path | None = None) -> pd.DataFrame:
     """Write <run_dir>/eval/ (or out_dir): per_example.csv and .json, summary.json and scores.png, and the run's
-    model card with these scores (a card only for the run's own eval/). Returns the summary table."""
+    model card with these scores (a card only for the run's own eval/). The folder is replaced only once the new one
+    is complete, under the run's lock. Returns the summary table."""
+    from .checkpoints import RunPaths, run_lock, staged
     from .model_card import write_model_card
     from .plots import plot_scores
 
-    summary = summary_table(table)
-    out = Path(out_dir) if out_dir else Path(run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "per_example.csv", index=False)
-    (out / "per_example.json").write_text(table.to_json(orient="records", indent=1))
-    # n/a is null in JSON (json.dumps would write NaN, which is not JSON)
-    records = summary.astype(object).where(summary.notna(), None).to_dict(orient="records")
-    (out / "summary.json").write_text(json.dumps(records, indent=1))
-    bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
-    metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
-    plot_scores(bars, metrics, out / "scores.png", title=f"{Path(run_dir).name}: base vs fine-tuned")
-    if out_dir is None:
-        write_model_card(run_dir)  # its Scores section now has these numbers
+    run_dir, summary = Path(run_dir), summary_table(table)
+    with run_lock(RunPaths.of(run_dir.parent, run_dir.name)):
+        with staged(Path(out_dir) if out_dir else run_dir / "eval") as out:
+            table.to_csv(out / "per_example.csv", index=False)
+            (out / "per_example.json").write_text(table.to_json(orient="records", indent=1))
+            # n/a is null in JSON (json.dumps would write NaN, which is not JSON)
+            records = summary.astype(object).where(summary.notna(), None).to_dict(orient="records")
+            (out / "summary.json").write_text(json.dumps(records, indent=1))
+            bars = {f"{r['model']} ({r['split']})": r for r in summary.to_dict(orient="records")}
+            metrics = [m for m in ("accuracy", "rouge_l", "hallucination_rate") if m in summary]
+            plot_scores(bars, metrics, out / "scores.png", title=f"{run_dir.name}: base vs fine-tuned")
+        if out_dir is None:
+            write_model_card(run_dir)  # its Scores section now has these numbers
     return summary

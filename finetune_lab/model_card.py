@@ -52,7 +52,9 @@ def _scores(evaluation: list[dict] | None, run: str) -> str:
             f"| {row['model']} | {row['split']} | {row['n']} | {row.get('family', '')} | {cell('accuracy')} | "
             f"{cell('abstained')} | {cell('hallucination_rate')} | {cell('rouge_l')} |"
         )
-    return "\n".join(lines) + "\n\nMetrics as defined in modules/05; n/a where a metric does not apply."
+    scored = dict.fromkeys(f"{row['split']}: `{row['file']}`" for row in evaluation if row.get("file"))
+    source = f"From eval/summary.json ({'; '.join(scored)}). " if scored else "From eval/summary.json. "
+    return "\n".join(lines) + f"\n\n{source}Metrics as defined in modules/05; n/a where a metric does not apply."
 
 
 def _export(parity: dict | None, run: str) -> str:

@@ -8,9 +8,9 @@ How to run (from the repository root):
     python labs/unsloth_finetune/evaluate_model.py checkpoints/my-run --train my_module03.jsonl [--heldout mine.jsonl]
 It answers every prompt of the files the run trained and validated on (or those given) with the base model
 (adapter off) and the fine-tuned model, scores the answers as code or prose (modules/05: accuracy, abstained,
-hallucination rate, exact match, token F1, ROUGE-L, parses) and writes <run>/eval/: per_example.csv/.json (the
-column "hallucinated" holds the invented calls or specifics), summary.json and scores.png. A rate that does not
-apply prints n/a.
+hallucination rate, exact match, token F1, ROUGE-L, parses) and writes <run>/eval/ (eval-limitN/ with --limit):
+per_example.csv/.json (the column "hallucinated" holds the invented calls or specifics), summary.json and
+scores.png, replacing an earlier one only once complete. A rate that does not apply prints n/a.
 """
 
 from __future__ import annotations
@@ -21,27 +21,43 @@ from pathlib import Path
 
 import pandas as pd
 
-from finetune_lab.checkpoints import CheckpointError, load_checkpoint, read_run_config
+from finetune_lab.checkpoints import (
+    CheckpointError,
+    RunPaths,
+    check_writable,
+    load_checkpoint,
+    read_run_config,
+    run_lock,
+)
 from finetune_lab.config import ConfigError, TrainConfig, at_least
 from finetune_lab.data import DatasetError
 from finetune_lab.evaluation import DEFAULT_API, evaluate_model, load_api, load_splits, run_data, save_evaluation
 from finetune_lab.tracking import log_run_files, wandb_run
 
 
+def eval_folder(args: argparse.Namespace) -> str:
+    """eval/ for a full evaluation (the model card quotes it); eval-limitN/ for a quick look, kept beside it."""
+    return f"eval-limit{args.limit}" if args.limit else "eval"
+
+
 def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -> pd.DataFrame:
     """The notebook's section 4: every prompt answered by the base (adapter off) and the fine-tuned model, scored,
     and written to <run>/eval/. Returns the summary table."""
     api = load_api(args.api)  # a wrong path stops here, before the model loads
-    model, tokenizer, run_config = load_checkpoint(args.run_dir)
-    max_new_tokens = args.max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
-    datasets = load_splits(data, run_config.get("system_prompt"), args.limit, split_off)
-    tables = []
-    if not args.no_base and hasattr(model, "disable_adapter"):  # full fine-tuning left no base to ask
-        with model.disable_adapter():
-            tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="base"))
-    tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
-    table = pd.concat(tables, ignore_index=True)
-    summary = save_evaluation(args.run_dir, table)
+    run_dir = Path(args.run_dir)
+    check_writable(run_dir)  # a read-only run folder stops here too, before any answer is generated
+    with run_lock(RunPaths.of(run_dir.parent, run_dir.name)):  # no training replaces the run meanwhile
+        model, tokenizer, run_config = load_checkpoint(run_dir)
+        max_new_tokens = args.max_new_tokens or run_config.get("max_new_tokens", TrainConfig.max_new_tokens)
+        datasets = load_splits(data, run_config.get("system_prompt"), args.limit, split_off)
+        tables = []
+        if not args.no_base and hasattr(model, "disable_adapter"):  # full fine-tuning left no base to ask
+            with model.disable_adapter():
+                tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="base"))
+        tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
+        table = pd.concat(tables, ignore_index=True)
+        # a quick look (--limit) is kept beside the full evaluation, which the model card quotes, not over it
+        summary = save_evaluation(run_dir, table, run_dir / eval_folder(args))
     if args.wandb:  # a wandb run named after the training run, offline unless WANDB_API_KEY is set
         cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(args.run_dir).name}-eval"})
         with wandb_run(cfg, Path(args.run_dir).parent):
@@ -105,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the disk filled up while the files were written
+        print(f"error: the evaluation could not be saved ({err}); an earlier one is unchanged", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\ninterrupted; the evaluation writes its files at the end, so nothing of it was written", file=sys.stderr
         )
         return 130
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a"))
-    print(f"\nwritten: {Path(args.run_dir) / 'eval'}/per_example.csv, summary.json, scores.png")
+    print(f"\nwritten: {Path(args.run_dir) / eval_folder(args)}/per_example.csv, summary.json, scores.png")
     return 0
 
 

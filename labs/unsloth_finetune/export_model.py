@@ -39,7 +39,7 @@ from gguf_export import (
     write_gguf,
 )
 
-from finetune_lab.checkpoints import CheckpointError, load_checkpoint
+from finetune_lab.checkpoints import CheckpointError, RunPaths, load_checkpoint, run_lock
 from finetune_lab.config import ConfigError, TrainConfig, at_least
 from finetune_lab.data import DatasetError, load_jsonl
 from finetune_lab.generation import greedy_answers
@@ -47,44 +47,52 @@ from finetune_lab.phases import Phases
 
 
 def export(run_dir, types, heldout: str, limit: int = 0, max_new_tokens: int | None = None, overwrite=False) -> Path:
-    """The whole export, in the notebook's order; on any failure nothing is left half-written."""
-    plan = plan_export(run_dir, types, overwrite)  # everything checked before a model loads
+    """The whole export under the run's lock (no training or other export replaces the run meanwhile); on any
+    failure nothing is left half-written."""
+    run_dir = Path(run_dir)
+    with run_lock(RunPaths.of(run_dir.parent, run_dir.name)):
+        plan = plan_export(run_dir, types, overwrite)  # everything checked before a model loads
+        try:
+            return export_steps(plan, heldout, limit, max_new_tokens)
+        except BaseException:
+            abandon(plan)
+            raise
+
+
+def export_steps(plan, heldout: str, limit: int, max_new_tokens: int | None) -> Path:
+    """The export's steps, in the notebook's order."""
     cfg, phases = plan.run_config, Phases()
-    try:
-        max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
-        examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
-        prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
-        print(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
-        with phases("load the checkpoint"):
-            model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
-            base_as_trained(model, cfg.get("method"))  # QLoRA only: the base rounded to NF4, as the adapter saw it
-        with phases("answer: checkpoint"):
-            answers = {REFERENCE: greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size=1)}
-        print("merging the adapter into the base weights")
-        with phases("merge and save"):
-            merged = merge_and_save(model, tokenizer, plan)
-        with phases("answer: merged"):
-            answers[MERGED] = greedy_answers(merged, tokenizer, prompts, max_new_tokens, batch_size=1)
-        del model, merged
-        for outtype in plan.types:
-            with phases(f"write {outtype}"):
-                for step in write_gguf(plan, outtype):
-                    print(f"  {step}")
-            with phases(f"answer: {outtype} (llama.cpp)"):
-                llm = open_gguf(plan.gguf(outtype))
-                if not prompt_tokens_match(llm, tokenizer, prompts[0]):
-                    raise ExportError(
-                        f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
-                        "the tokenizer's chat template did not reach the GGUF"
-                    )
-                answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
-                llm.close()
-        report = {**parity_report(plan, prompts, references, answers, tokenizer), "phase_seconds": phases.rounded()}
-        ollama = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
-        return finish_export(plan, report, prompts, ollama)
-    except BaseException:
-        abandon(plan)
-        raise
+    max_new_tokens = max_new_tokens or cfg.get("max_new_tokens", TrainConfig.max_new_tokens)
+    examples = load_jsonl(heldout, cfg.get("system_prompt")).examples[: limit or None]
+    prompts, references = [e.prompt for e in examples], [e.completion for e in examples]
+    print(f"loading {plan.run_dir} and answering {len(prompts)} held-out prompts (greedy, {max_new_tokens} tokens)")
+    with phases("load the checkpoint"):
+        model, tokenizer, _ = load_checkpoint(plan.run_dir, device="cpu")
+        base_as_trained(model, cfg.get("method"))  # QLoRA only: the base rounded to NF4, as the adapter saw it
+    with phases("answer: checkpoint"):
+        answers = {REFERENCE: greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size=1)}
+    print("merging the adapter into the base weights")
+    with phases("merge and save"):
+        merged = merge_and_save(model, tokenizer, plan)
+    with phases("answer: merged"):
+        answers[MERGED] = greedy_answers(merged, tokenizer, prompts, max_new_tokens, batch_size=1)
+    del model, merged
+    for outtype in plan.types:
+        with phases(f"write {outtype}"):
+            for step in write_gguf(plan, outtype):
+                print(f"  {step}")
+        with phases(f"answer: {outtype} (llama.cpp)"):
+            llm = open_gguf(plan.gguf(outtype))
+            if not prompt_tokens_match(llm, tokenizer, prompts[0]):
+                raise ExportError(
+                    f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
+                    "the tokenizer's chat template did not reach the GGUF"
+                )
+            answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
+            llm.close()
+    report = {**parity_report(plan, prompts, references, answers, tokenizer), "phase_seconds": phases.rounded()}
+    ollama = modelfile(tokenizer, plan.gguf(plan.types[-1]).name, cfg.get("system_prompt"))
+    return finish_export(plan, report, prompts, ollama)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ConfigError, DatasetError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the disk filled up while a GGUF was written
+        print(f"error: the export could not be written ({err}); an earlier export is unchanged", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; the export folder appears only when complete, so nothing was written", file=sys.stderr)
         return 130

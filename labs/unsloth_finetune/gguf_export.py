@@ -23,7 +23,17 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_lab.checkpoints import check_run_files, clean_stale_staging, publish, read_run_config, staged, staging_for
+from finetune_lab.checkpoints import (
+    RunPaths,
+    check_run_files,
+    check_writable,
+    clean_stale_staging,
+    publish,
+    read_run_config,
+    run_lock,
+    staged,
+    staging_for,
+)
 from finetune_lab.embedded import pypi_file
 from finetune_lab.generation import Answer
 from finetune_lab.runtime import cache_dir
@@ -116,6 +126,7 @@ def plan_export(run_dir: str | Path, types=("f16", "q8_0"), overwrite: bool = Fa
             "old export is kept until the new one is complete), or move it away first"
         )
     llama_cpp_version()
+    check_writable(run_dir)  # a read-only run folder stops here, before any model loads
     clean_stale_staging(run_dir)
     return ExportPlan(run_dir, run_config, types, folder, staging_for(folder), notes)
 
@@ -418,8 +429,9 @@ def finish_export(plan: ExportPlan, report: dict, prompts, modelfile_text: str) 
     (plan.staging / "parity.json").write_text(json.dumps(report, indent=1))
     (plan.staging / "parity.md").write_text(parity_markdown(report, prompts))
     (plan.staging / "Modelfile").write_text(modelfile_text)
-    publish(plan.staging, plan.folder)
-    write_model_card(plan.run_dir)
+    with run_lock(RunPaths.of(plan.run_dir.parent, plan.run_dir.name)):  # the export script holds it throughout
+        publish(plan.staging, plan.folder)
+        write_model_card(plan.run_dir)
     return plan.folder
 
 

@@ -188,7 +188,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_live_one_is_respect
     alive = subprocess.Popen(["sleep", "30"])
     try:
         paths.lock.write_text(f"{alive.pid}\n")
-        with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is training this run right now"):
+        with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is using this run right now"):
             with run_lock(paths):
                 pass
         assert paths.lock.read_text().strip() == str(alive.pid)  # not ours: left in place

@@ -83,7 +83,8 @@ def test_evaluate_cli_writes_tables_and_plot_and_the_fine_tuned_model_beats_the_
         env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    eval_dir = trained_run / "eval"
+    eval_dir = trained_run / "eval-limit4"  # a quick look: beside eval/, which the model card quotes
+    assert f"written: {eval_dir}/per_example.csv" in done.stdout
     summary = {row["model"]: row for row in json.loads((eval_dir / "summary.json").read_text())}
     assert summary["fine-tuned"]["accuracy"] >= 0.5 > summary["base"]["accuracy"]
     assert summary["fine-tuned"]["hallucination_rate"] <= summary["base"]["hallucination_rate"]
@@ -247,3 +248,46 @@ def test_a_run_is_scored_on_its_own_files_which_are_checked_first(tmp_path, caps
     mine.unlink()
     with pytest.raises(DatasetError, match="the run trained with this file, which is no longer there. Fix: pass the"):
         run_data(recorded)
+
+
+def test_an_evaluation_replaces_the_last_only_once_complete_and_under_the_runs_lock(tmp_path, monkeypatch):
+    import subprocess
+
+    import finetune_lab.plots
+    from finetune_lab.config import ConfigError
+    from finetune_lab.evaluation import save_evaluation
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_config.json").write_text(json.dumps({"model": "smollm2-135m", "method": "lora"}))
+    table = score_answers(["Water bed 2."], ["garden.water(bed=2)"], ["garden.water(bed=2)"], API, "held-out")
+    table.insert(0, "model", "fine-tuned")
+    save_evaluation(run, table)
+    first = (run / "eval" / "summary.json").read_text()
+    assert "| fine-tuned | held-out | 1 |" in (run / "README.md").read_text()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finetune_lab.plots, "plot_scores", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_evaluation(run, table.assign(accuracy=0.0))
+    assert (run / "eval" / "summary.json").read_text() == first  # the earlier evaluation, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not list(run.glob(".eval.partial-*"))
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "run.lock").write_text(f"{alive.pid}\n")  # a training of this run, say
+        with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is using this run right now"):
+            save_evaluation(run, table)
+    finally:
+        alive.kill()
+
+
+def test_a_run_folder_that_cannot_be_written_is_named_before_any_work(tmp_path):
+    from finetune_lab.checkpoints import check_writable
+    from finetune_lab.config import ConfigError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="cannot write to .*afile/run .*Nothing was done"):
+        check_writable(tmp_path / "afile" / "run")
+    check_writable(tmp_path)

@@ -32,9 +32,10 @@ def test_the_card_reports_scores_once_evaluated_and_n_a_where_a_rate_does_not_ap
     (run / "eval").mkdir()
     rows = [
         {"model": "fine-tuned", "split": "held-out", "n": 4, "family": "4 prose", "accuracy": 0.75, "abstained": 0.25}
-        | {"hallucination_rate": None, "rouge_l": 0.5}
+        | {"hallucination_rate": None, "rouge_l": 0.5, "file": "data/course_heldout.jsonl"}
     ]
     (run / "eval" / "summary.json").write_text(json.dumps(rows))
     card = write_model_card(run).read_text()
     assert "| fine-tuned | held-out | 4 | 4 prose | 0.750 | 0.250 | n/a | 0.500 |" in card
+    assert "From eval/summary.json (held-out: `data/course_heldout.jsonl`)." in card  # which evaluation it quotes
     assert "Not evaluated yet" not in card

@@ -184,7 +184,7 @@ def test_two_runs_of_the_same_name_at_once_the_second_is_refused_and_the_first_f
             time.sleep(0.1)
         second = run_cli("--test_mode", "--output_dir", str(tmp_path), "--run_name", "same", "--overwrite", timeout=120)
         assert second.returncode == 2
-        assert f"another process (pid {first.pid}) is training this run right now" in second.stderr
+        assert f"another process (pid {first.pid}) is using this run right now" in second.stderr
         assert "backend=" not in second.stdout
         out, err = first.communicate(timeout=600)
     finally:
