@@ -46,6 +46,11 @@ class Example:
     ignored_turns: int = 0  # chat turns after the last assistant answer (nothing to learn from them)
 
     @property
+    def prompt_key(self) -> str:
+        """The prompt as one comparable string: duplicates, the held-out split and overlaps are found by it."""
+        return json.dumps(self.prompt, sort_keys=True)
+
+    @property
     def user_text(self) -> str:
         return self.prompt[-1]["content"]
 
@@ -210,7 +215,7 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
             problem = f"this line uses the {row_schema} schema but line {schema_line} uses {schema}"
             raise DatasetError(path, problem, "use one schema for the whole file", n)
         examples.append(_example(row, schema, path, n, system_prompt))
-    seen = Counter((json.dumps(ex.prompt, sort_keys=True), ex.completion) for ex in examples)
+    seen = Counter((ex.prompt_key, ex.completion) for ex in examples)
     dataset = Dataset(path, schema, examples, duplicates=sum(c - 1 for c in seen.values()), sha256=sha256)
     if dataset.duplicates:
         most = max(seen.values())
@@ -279,7 +284,7 @@ def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     import math
 
     def key(ex):
-        return hashlib.sha1(json.dumps(ex.prompt, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha1(ex.prompt_key.encode()).hexdigest()
 
     ranked = sorted(dataset.examples, key=key)
     held = {id(ex) for ex in ranked[: max(1, math.ceil(fraction * len(ranked)))]}
@@ -311,8 +316,8 @@ def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
 def heldout_overlap(train: Dataset, heldout: Dataset) -> str | None:
     """A warning when held-out examples also stand in the training file (the same prompt): scores on them measure
     what the model memorised, not what it learned."""
-    trained = {json.dumps(ex.prompt, sort_keys=True) for ex in train.examples}
-    shared = [str(ex.line) for ex in heldout.examples if json.dumps(ex.prompt, sort_keys=True) in trained]
+    trained = {ex.prompt_key for ex in train.examples}
+    shared = [str(ex.line) for ex in heldout.examples if ex.prompt_key in trained]
     if shared:
         return (
             f"{heldout.path}, line(s) {', '.join(shared[:10])}: {len(shared)} of the {len(heldout)} held-out prompts "

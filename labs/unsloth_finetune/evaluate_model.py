@@ -45,6 +45,7 @@ def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -
     and written to <run>/eval/. Returns the summary table."""
     api = load_api(args.api)  # a wrong path stops here, before the model loads
     run_dir = Path(args.run_dir)
+    read_run_config(run_dir)  # not a run folder: said first
     check_writable(run_dir)  # a read-only run folder stops here too, before any answer is generated
     with run_lock(RunPaths.of(run_dir.parent, run_dir.name)):  # no training replaces the run meanwhile
         model, tokenizer, run_config = load_checkpoint(run_dir)
