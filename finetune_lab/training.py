@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,11 +144,15 @@ def trainer_class():
             if processes().world_size > 1:  # every rank writes its own RNG state: no shared staging folder
                 return super()._save_checkpoint(model, trial)
             final_root = Path(super()._get_output_dir(trial))
-            self._staging_root = str(staging_for(final_root / f"checkpoint-{self.state.global_step}"))
+            staging = staging_for(final_root / f"checkpoint-{self.state.global_step}")
+            self._staging_root = str(staging)
             try:
                 super()._save_checkpoint(model, trial)  # writes <staging>/checkpoint-N
+            except BaseException:  # a full disk, say: no half-written checkpoint is left to resume from
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             finally:
-                staging, self._staging_root = Path(self._staging_root), None
+                self._staging_root = None
             for written in staging.iterdir():
                 publish(written, final_root / written.name)
             staging.rmdir()

@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from safetensors import SafetensorError
+
     args = build_parser().parse_args(argv)
     cfg = None
     try:
@@ -378,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (OSError, SafetensorError) as err:  # a full disk at a checkpoint or at the save, say
+        print(
+            f"error: the run could not be written ({err}); nothing of it was published and an earlier run of this "
+            "name is unchanged. Free some space (or choose another --output_dir) and run the command again",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"\n{interrupted_message(cfg) if cfg else 'interrupted'}", file=sys.stderr)
         return 130

@@ -117,6 +117,29 @@ def test_a_diverging_run_stops_unsaved_and_the_run_it_would_replace_is_kept(trai
     assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no .resume, staging or lock left
 
 
+def test_a_full_disk_at_the_first_checkpoint_is_one_line_and_blocks_nothing(tmp_path):
+    import resource
+    import signal
+    import subprocess
+
+    from helpers import CLI, cli_env
+
+    def disk_of_two_megabytes():  # files past 2 MB fail to write (EFBIG), as on a full disk; the adapter is ~20 MB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+
+    args = [*CLI, "--test_mode", "--output_dir", str(tmp_path), "--run_name", "full"]
+    done = subprocess.run(
+        args, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600, preexec_fn=disk_of_two_megabytes
+    )
+    error = re.search(r"error: the run could not be written .*", done.stderr)
+    assert done.returncode == 1 and error and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "nothing of it was published" in error.group(0)
+    left = sorted(p.name for p in tmp_path.rglob("*") if "partial" in p.name or p.name.startswith("checkpoint-"))
+    assert left == [] and not (tmp_path / "full").exists()  # no half-written checkpoint or run
+    assert run_cli("--test_mode", "--output_dir", str(tmp_path), "--run_name", "full").returncode == 0  # not blocked
+
+
 def test_keep_best_without_held_out_data_is_refused_before_any_model_loads(tmp_path):
     done = run_cli("--keep_best", "--heldout", "", "--output_dir", str(tmp_path / "out"), timeout=120)
     assert done.returncode == 2 and "keep_best and early_stopping_patience need held-out data" in done.stderr
