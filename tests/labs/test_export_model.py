@@ -166,3 +166,20 @@ def test_help_says_whole_sentences_and_negative_counts_are_refused(script, train
     ):
         done = run_script(script, str(trained_run), flag, value, timeout=120)
         assert done.returncode == 2 and f"argument {flag}: {message}, got {value}" in done.stderr
+
+
+def test_an_export_of_a_run_in_use_is_refused_before_any_model_loads(trained_run, tmp_path):
+    import shutil
+
+    from finetune_lab.config import ConfigError
+
+    run = tmp_path / trained_run.name
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export"))
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / f"{run.name}.lock").write_text(f"{alive.pid}\n")  # the run being retrained or exported elsewhere
+        with pytest.raises(ConfigError, match=f"another process \\(pid {alive.pid}\\) is using this run right now"):
+            export(run, ["f16"], "data/course_heldout.jsonl", limit=1)
+    finally:
+        alive.kill()
+    assert not (run / "export").exists() and not list(run.glob(".export.partial-*"))
