@@ -58,12 +58,12 @@ def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -
         tables.append(evaluate_model(model, tokenizer, datasets, api, max_new_tokens, label="fine-tuned"))
         table = pd.concat(tables, ignore_index=True)
         # a quick look (--limit) is kept beside the full evaluation, which the model card quotes, not over it
-        summary = save_evaluation(run_dir, table, run_dir / eval_folder(args))
+        summary = save_evaluation(run_dir, table, run_dir / eval_folder(args) if args.limit else None)
     if args.wandb:  # a wandb run named after the training run, offline unless WANDB_API_KEY is set
         cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(args.run_dir).name}-eval"})
         with wandb_run(cfg, Path(args.run_dir).parent):
-            log_run_files(Path(args.run_dir) / "eval", table=table, table_name="eval")
-            log_run_files(Path(args.run_dir) / "eval", table=summary, table_name="eval_summary")
+            log_run_files(run_dir / eval_folder(args), table=table, table_name="eval")
+            log_run_files(run_dir / eval_folder(args), table=summary, table_name="eval_summary")
     return summary
 
 

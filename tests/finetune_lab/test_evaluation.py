@@ -192,6 +192,7 @@ def test_evaluate_cli_on_a_students_prose_file_splits_off_a_held_out_part(tmp_pa
     assert [r["split"] for r in summary] == ["trained", "held-out (20% of my_module03.jsonl, split off)"]
     assert [r["n"] for r in summary] == [8, 2] and {r["family"] for r in summary} == {"8 prose", "2 prose"}
     assert all(r["parses"] is None for r in summary)  # n/a for prose: no code to parse
+    assert f"From eval/summary.json (trained: `{prose}`" in (run / "README.md").read_text()  # the card quotes it
 
 
 def test_invented_spans_are_highlighted_for_the_notebook():

@@ -117,11 +117,11 @@ def test_the_executed_copy_for_reading_on_github_runs_the_same_code(path):
 def test_the_export_notebook_takes_the_export_scripts_steps_in_the_same_order():
     import inspect
 
-    from export_model import export
+    from export_model import export, export_steps
 
     steps = ["plan_export(", "load_checkpoint(", "base_as_trained(", "greedy_answers(", "merge_and_save("]
     steps += ["write_gguf(", "llama_cpp_answers(", "parity_report(", "modelfile(", "finish_export("]
     notebook = nbformat.read(REPO / "labs" / "unsloth_finetune" / "export_model.ipynb", as_version=4)
     code = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
-    for source in (inspect.getsource(export), code):
+    for source in (inspect.getsource(export) + inspect.getsource(export_steps), code):
         assert sorted(steps, key=source.index) == steps
