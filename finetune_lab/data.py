@@ -156,6 +156,11 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
     return example
 
 
+def content_hash(raw: bytes) -> str:
+    """A file's fingerprint (sha256 of its bytes): runs record it, resumes and evaluations compare it."""
+    return hashlib.sha256(raw).hexdigest()
+
+
 def _read_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
     if not path.exists():
         fix = "check the path (it is read relative to the folder you run from)"
@@ -174,7 +179,7 @@ def _read_lines(path: Path) -> tuple[list[tuple[int, str]], str]:
         raise DatasetError(path, what, 'put one JSON object per line, e.g. {"instruction": "...", "output": "..."}')
     # JSONL lines end at a newline only: a string may hold U+2028 or U+0085, which str.splitlines() would split at
     lines = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
-    return lines, hashlib.sha256(raw).hexdigest()
+    return lines, content_hash(raw)
 
 
 def _parse(path: Path, n: int, line: str) -> dict:

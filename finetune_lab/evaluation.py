@@ -238,14 +238,14 @@ COURSE_HELDOUT = "data/course_heldout.jsonl"  # what runs recorded before they n
 def run_data(run_config: dict) -> tuple[str, str | None]:
     """The training and held-out files a run used (its run_config.json names them): what is scored by default.
     Says so where one has changed since, and stops where one is gone."""
-    from .data import DatasetError, load_jsonl
+    from .data import DatasetError, content_hash
 
     files = (run_config["data"], run_config.get("heldout", COURSE_HELDOUT))
     for path, key in zip(files, ("data_sha256", "heldout_sha256")):
         if path and not Path(path).is_file():
             fix = "pass the files to score: --train FILE [--heldout FILE] (TRAIN_FILE, HELDOUT_FILE in the notebook)"
             raise DatasetError(path, "the run trained with this file, which is no longer there", fix)
-        if path and run_config.get(key) and load_jsonl(path).sha256 != run_config[key]:
+        if path and run_config.get(key) and content_hash(Path(path).read_bytes()) != run_config[key]:  # no parse
             print(f"note: {path} has changed since the run trained with it; its current content is scored")
     return files
 

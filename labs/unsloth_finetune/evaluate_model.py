@@ -60,8 +60,8 @@ def evaluate(args: argparse.Namespace, data: dict[str, str], split_off: float) -
         # a quick look (--limit) is kept beside the full evaluation, which the model card quotes, not over it
         summary = save_evaluation(run_dir, table, run_dir / eval_folder(args) if args.limit else None)
     if args.wandb:  # a wandb run named after the training run, offline unless WANDB_API_KEY is set
-        cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{Path(args.run_dir).name}-eval"})
-        with wandb_run(cfg, Path(args.run_dir).parent):
+        cfg = TrainConfig.from_dict({**run_config, "wandb": True, "run_name": f"{run_dir.name}-eval"})
+        with wandb_run(cfg, run_dir.parent):
             log_run_files(run_dir / eval_folder(args), table=table, table_name="eval")
             log_run_files(run_dir / eval_folder(args), table=summary, table_name="eval_summary")
     return summary
