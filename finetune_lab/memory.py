@@ -12,8 +12,6 @@ modules/04_Fine_Tuning_LLMs/README.md explains them:
                            for the loss, its gradient).
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -97,21 +95,3 @@ def estimate(shape: ModelShape, cfg, dtype: str, gradient_checkpointing: bool) -
         activations = per_layer * shape.layers
     activations += tokens * shape.vocab * LOGIT_BYTES
     return MemoryEstimate(weights / MB, state / MB, activations / MB, trainable)
-
-
-# Gradient checkpointing keeps each layer's input and recomputes the layer in the backward pass: about a third more
-# compute per step for one layer's activations instead of all of them. It pays only when the batch would not fit
-# without it, which the course run on a GPU never comes near (bench/results/course-run-h200-2026-11-29.md has the
-# time it costs there). The share leaves room for the allocator's caching and fragmentation.
-CHECKPOINTING_FREE_SHARE = 0.5
-
-
-def checkpointing_choice(shape: ModelShape, cfg, dtype: str, free_mb: float) -> tuple[bool, str]:
-    """Whether a GPU run of `cfg` needs gradient checkpointing, and why, given the memory free beside the loaded
-    weights."""
-    without = estimate(shape, cfg, dtype, gradient_checkpointing=False)
-    needed = without.training_state_mb + without.activations_mb
-    sizes = f"~{needed / 1024:.1f} GB of activations and optimizer state without it, {free_mb / 1024:.1f} GB free"
-    if needed > CHECKPOINTING_FREE_SHARE * free_mb:
-        return True, f"on: {sizes} (it recomputes each layer in the backward pass to keep one layer's activations)"
-    return False, f"off: {sizes} (turning it on would recompute each layer in the backward pass for memory not needed)"

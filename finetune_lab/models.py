@@ -7,8 +7,6 @@ Heavy libraries are imported inside functions so that Unsloth, when chosen, is i
 transformers, TRL and PEFT (it patches them at import).
 """
 
-from __future__ import annotations
-
 import importlib.util
 import os
 from contextlib import contextmanager
@@ -260,24 +258,36 @@ def nf4_config(compute_dtype):
     )
 
 
+# Gradient checkpointing keeps each layer's input and recomputes the layer in the backward pass: about a third more
+# compute per step for one layer's activations instead of all of them. It pays only when the batch would not fit
+# without it, which the course run on a GPU never comes near (bench/results/course-run-h200-2026-11-29.md has the
+# time it costs there). The share leaves room for the allocator's caching and fragmentation.
+CHECKPOINTING_FREE_SHARE = 0.5
+
+
 def gradient_checkpointing_choice(
     cfg: TrainConfig, choice: BackendChoice, shape=None, free_mb: float | None = None
 ) -> tuple[bool, str]:
     """Gradient checkpointing on or off for this run, and why: as configured, else off on a CPU, and on a GPU only
-    when the batch would not fit without it in `free_mb` (default: what the card has free beside the loaded model;
-    memory.checkpointing_choice)."""
+    when the batch's activations and optimizer state would not fit without it in CHECKPOINTING_FREE_SHARE of
+    `free_mb` (default: what the card has free beside the loaded model)."""
     if cfg.gradient_checkpointing is not None:
         return cfg.gradient_checkpointing, f"{'on' if cfg.gradient_checkpointing else 'off'}: as configured"
     if not choice.on_gpu:
         return False, "off: a CPU run is bound by compute, and recomputing layers would only add to it"
     import torch
 
-    from .memory import MB, checkpointing_choice, shape_of
+    from .memory import MB, estimate, shape_of
 
     shape = shape or shape_of(model_config(cfg.model), cfg.target_modules)
     if free_mb is None:
         free_mb = torch.cuda.mem_get_info(processes().local_rank)[0] / MB
-    return checkpointing_choice(shape, cfg, choice.dtype, free_mb)
+    without = estimate(shape, cfg, choice.dtype, gradient_checkpointing=False)
+    needed = without.training_state_mb + without.activations_mb
+    sizes = f"~{needed / 1024:.1f} GB of activations and optimizer state without it, {free_mb / 1024:.1f} GB free"
+    if needed > CHECKPOINTING_FREE_SHARE * free_mb:
+        return True, f"on: {sizes} (it recomputes each layer in the backward pass to keep one layer's activations)"
+    return False, f"off: {sizes} (turning it on would recompute each layer in the backward pass for memory not needed)"
 
 
 def check_target_modules(model, target_modules, model_name: str) -> None:

@@ -3,8 +3,8 @@
 import pytest
 
 from finetune_lab.config import ALL_LINEAR, TrainConfig
-from finetune_lab.memory import MB, checkpointing_choice, estimate, shape_of
-from finetune_lab.models import model_config
+from finetune_lab.memory import MB, estimate, shape_of
+from finetune_lab.models import BackendChoice, gradient_checkpointing_choice, model_config
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,11 @@ def test_gradient_checkpointing_and_shorter_batches_need_fewer_activations(tinyl
 
 
 def test_checkpointing_is_chosen_only_where_the_batch_would_not_fit_beside_the_weights(tinyllama):
-    course = (tinyllama, TrainConfig(), "float16")  # LoRA r=16, batch 8 x 256 tokens, on a T4
-    # a T4 after loading TinyLlama in fp16: ~12.5 GB free; the course batch needs ~4 GB without checkpointing
-    on, why = checkpointing_choice(*course, free_mb=12.5 * 1024)
+    t4 = BackendChoice("unsloth", "cuda:0 (Tesla T4)", "float16", "lora")
+    # a T4 after loading TinyLlama in fp16: ~12.5 GB free; the course batch (LoRA r=16, 8 x 256 tokens) needs ~4 GB
+    # without checkpointing
+    on, why = gradient_checkpointing_choice(TrainConfig(), t4, tinyllama, free_mb=12.5 * 1024)
     assert not on and why.startswith("off: ~3.7 GB") and "12.5 GB free" in why
     # the same batch on a card with 4 GB left, or 4 x the batch on the T4: recompute rather than run out
-    assert checkpointing_choice(*course, free_mb=4 * 1024)[0]
-    assert checkpointing_choice(tinyllama, TrainConfig(batch_size=32), "float16", free_mb=12.5 * 1024)[0]
+    assert gradient_checkpointing_choice(TrainConfig(), t4, tinyllama, free_mb=4 * 1024)[0]
+    assert gradient_checkpointing_choice(TrainConfig(batch_size=32), t4, tinyllama, free_mb=12.5 * 1024)[0]
