@@ -5,8 +5,6 @@ modules/05 explains the rule: a module attribute, class member or keyword argume
 assignments, loops and comprehensions, and variables named after a class are taken to be one.
 """
 
-from __future__ import annotations
-
 import ast
 import re
 from dataclasses import dataclass, field

@@ -12,14 +12,14 @@ Only folders with these marker files are ever replaced (--overwrite) or continue
 those names is refused before any model loads, and left as it is.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from .config import ConfigError
 
@@ -49,12 +49,9 @@ class RunPaths:
         return self.run.with_name(self.run.name + LOCK_SUFFIX)
 
     def latest_resume_checkpoint(self) -> Path | None:
-        steps = [
-            (int(p.name.split("-")[1]), p)
-            for p in self.resume.glob("checkpoint-*")
-            if p.name.split("-")[1].isdigit() and (p / "trainer_state.json").exists()
-        ]
-        return max(steps)[1] if steps else None
+        steps = {p: p.name.removeprefix("checkpoint-") for p in self.resume.glob("checkpoint-*")}
+        done = [p for p, step in steps.items() if step.isdigit() and (p / "trainer_state.json").exists()]
+        return max(done, key=lambda p: int(steps[p]), default=None)
 
 
 def is_finished_run(folder: Path) -> bool:
@@ -171,16 +168,6 @@ def replacing_note(paths: RunPaths) -> str | None:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def _lock_holder(lock: Path) -> int | None:
     try:
         return int(lock.read_text().split()[0])
@@ -196,7 +183,7 @@ def _take_lock(lock: Path) -> bool:
         holder = _lock_holder(lock)
         if holder == os.getpid():
             return False
-        if holder is not None and _pid_alive(holder):
+        if holder is not None and psutil.pid_exists(holder):
             raise ConfigError(
                 f"another process (pid {holder}) is using this run right now (training, evaluating or exporting it; "
                 f"{lock} is its lock); wait for it to finish or stop it, then run this command again. Nothing was "
@@ -287,7 +274,7 @@ def clean_stale_staging(folder: Path) -> None:
     process's staging folder and finished runs are never touched."""
     for stale in folder.glob(".*.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
+        if not (pid.isdigit() and psutil.pid_exists(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -9,13 +9,11 @@ from dataclasses import dataclass
 
 METHODS = ("lora", "qlora", "full")
 BACKENDS = ("auto", "unsloth", "transformers")
-# auto: the card's native precision (finetune_lab.runtime.choose_dtype): bf16 on Ampere and newer, fp16 on older
-# cards such as Colab's T4, fp32 on a CPU.
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_RUN_NAME_BYTES = 200
 # Tells the base model what is asked (code for the course library), so that base vs fine-tuned compares
 # code with code and the base model's invented API calls can be counted.
-MAX_RUN_NAME_BYTES = 200
 COURSE_SYSTEM_PROMPT = "You write Python code that uses the gardenkit library. Answer with code only."
 
 
@@ -25,27 +23,16 @@ class ConfigError(ValueError):
 
 def setting(default, help: str):
     """A TrainConfig field with its help text: the CLI's flags are built from these (name, type, default, help)."""
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("use a tuple for a sequence default")
     return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    model: str = setting(
-        "smollm2-135m",
-        "a preset (smollm2-135m, tinyllama-1.1b-chat, stablelm-2-zephyr-1.6b), a hub id or a local folder",
-    )
+    model: str = setting("smollm2-135m", "a preset (smollm2-135m, tinyllama-1.1b-chat, ...), a hub id or a folder")
     data: str = setting("data/course_train.jsonl", "training JSONL (alpaca, chat or prompt/completion schema)")
     method: str = setting("lora", "lora | qlora (4-bit base, CUDA only) | full")
-    backend: str = setting(
-        "auto", "auto (Unsloth on a CUDA GPU when installed, else transformers) | unsloth | transformers"
-    )
-    dtype: str = setting(
-        "auto",
-        "auto | bfloat16 | float16 | float32; auto: bf16 on Ampere and newer, fp16 on "
-        "older cards such as Colab's T4, fp32 on a CPU",
-    )
+    backend: str = setting("auto", "auto (Unsloth on a CUDA GPU if installed) | unsloth | transformers")
+    dtype: str = setting("auto", "auto (bf16 on Ampere+, fp16 on a T4, fp32 on a CPU) | bfloat16 | float16 | float32")
     rank: int = setting(16, "LoRA rank r: capacity of the adapter (16 or 32 in this lab)")
     alpha: int = setting(32, "LoRA alpha: the update is scaled by alpha/r")
     dropout: float = setting(0.0, "dropout on the adapter's input")
@@ -68,37 +55,21 @@ class TrainConfig:
     # still kept per example, so each step carries several times the tokens for about the same overhead. The
     # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps
     # (models.use_dense_packed_mask says which attention makes that fast with Unsloth).
-    packing: bool = setting(
-        False,
-        "fill each row with several whole examples up to --max_seq_length: more "
-        "tokens per step, fewer steps per epoch (on a GPU the fastest way through the "
-        "course data)",
-    )
+    packing: bool = setting(False, "fill each row with whole examples: fewer, fuller steps (fastest on a GPU)")
     gradient_checkpointing: bool | None = setting(
-        None,
-        "recompute activations in the backward pass (less memory, slower steps); default: on only on a GPU whose free "
-        "memory the batch would not fit without it",
+        None, "recompute activations in the backward pass; default: on only where the batch would not fit without it"
     )
-    system_prompt: str | None = setting(
-        COURSE_SYSTEM_PROMPT,
-        "said before every prompt, in training and evaluation alike ('' for the model's own default)",
-    )
+    system_prompt: str | None = setting(COURSE_SYSTEM_PROMPT, "said before every prompt ('' for the model's default)")
     output_dir: str = setting("checkpoints", "folder that holds run folders")
     run_name: str = setting("smollm2-lora-r16", "name of this run's folder under --output_dir")
     wandb: bool = setting(False, "log to Weights & Biases while training (offline unless WANDB_API_KEY is set)")
     limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
-    limit_heldout: int = setting(
-        0, "> 0 measures the validation loss on the first N held-out examples only (quick runs)"
-    )
-    max_new_tokens: int = setting(
-        96, "length cap of the before/after test answers (a trained model stops earlier, at its end-of-turn token)"
-    )
+    limit_heldout: int = setting(0, "> 0 validates on the first N held-out examples only (quick runs)")
+    max_new_tokens: int = setting(96, "length cap of the before/after test answers")
     # The validation loss is measured on the held-out file after every epoch (transformers' EarlyStoppingCallback
     # and load_best_model_at_end do the rest). Choosing the epoch by the held-out loss makes the held-out scores
     # a little optimistic: both are off by default.
-    early_stopping_patience: int = setting(
-        0, "stop when the validation loss has not fallen for N epochs (0: train every epoch); implies --keep_best"
-    )
+    early_stopping_patience: int = setting(0, "stop after N epochs without a lower validation loss; implies keep_best")
     keep_best: bool = setting(False, "end with the weights of the epoch with the lowest validation loss")
 
     def __post_init__(self):

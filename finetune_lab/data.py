@@ -10,8 +10,6 @@ the prompt is the chat up to the last assistant turn, the completion is that tur
 completion's tokens are trained on.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import re
@@ -74,26 +72,7 @@ class Dataset:
         ]
 
 
-def alpaca_user_text(instruction: str, input_text: str = "") -> str:
-    """The user turn an Alpaca row becomes: the instruction, then its input (if any) after a blank line."""
-    return f"{instruction}\n\n{input_text}" if input_text else instruction
-
-
-def _schema_of(row: dict) -> str | list[str] | None:
-    """The schema a row is written in, judged by its telltale fields; a list when it mixes several."""
-    keys = set(row)
-    found = [
-        name
-        for name, telltale in (
-            ("alpaca", {"instruction", "output"}),
-            ("chat", {"messages"}),
-            ("prompt_completion", {"prompt", "completion"}),
-        )
-        if telltale & keys
-    ]
-    if not found:
-        return None
-    return found[0] if len(found) == 1 else found
+TELLTALES = {"alpaca": {"instruction", "output"}, "chat": {"messages"}, "prompt_completion": {"prompt", "completion"}}
 
 
 def _text(row: dict, key: str, path, line: int, optional: bool = False) -> str:
@@ -145,8 +124,8 @@ def _example(row: dict, schema: str, path, line: int, system_prompt: str | None)
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     if schema != "chat":
         if schema == "alpaca":
-            user = _text(row, "instruction", path, line), _text(row, "input", path, line, optional=True)
-            user, answer = alpaca_user_text(*user), _text(row, "output", path, line)
+            user, extra = _text(row, "instruction", path, line), _text(row, "input", path, line, optional=True)
+            user, answer = f"{user}\n\n{extra}" if extra else user, _text(row, "output", path, line)  # input after it
         else:
             user, answer = _text(row, "prompt", path, line), _text(row, "completion", path, line)
         return Example(system + [{"role": "user", "content": user}], answer, line)
@@ -208,12 +187,13 @@ def load_jsonl(path: str | Path, system_prompt: str | None = None) -> Dataset:
     lines, sha256 = _read_lines(path)
     for n, line in lines:
         row = _parse(path, n, line)
-        row_schema = _schema_of(row)
-        if row_schema is None or isinstance(row_schema, list):
+        found = [name for name, telltale in TELLTALES.items() if telltale & set(row)]  # the schemas the row is in
+        if len(found) != 1:
             names = "; ".join(f"{k}: {v}" for k, v in SCHEMAS.items())
-            what = "match none" if row_schema is None else f"mix {' and '.join(row_schema)}, two"
+            what = f"mix {' and '.join(found)}, two" if found else "match none"
             problem = f"the fields {sorted(row)} {what} of the three schemas ({names})"
             raise DatasetError(path, problem, "rename the fields to exactly one of those schemas", n)
+        row_schema = found[0]
         if schema is None:
             schema, schema_line = row_schema, n
         elif row_schema != schema:

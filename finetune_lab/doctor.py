@@ -7,13 +7,13 @@ reporting a problem. How to run (from the repository root):
 It exits 1 when the estimated peak memory does not fit, after printing the fix.
 """
 
-from __future__ import annotations
-
 import argparse
 import importlib.metadata
 import platform
 import sys
 from dataclasses import dataclass
+
+import psutil
 
 from .config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from .memory import MB, MemoryEstimate, estimate, shape_of
@@ -42,12 +42,6 @@ def versions() -> str:
         except importlib.metadata.PackageNotFoundError:
             found.append(f"{name} -")
     return f"python {platform.python_version()} | " + " | ".join(found)
-
-
-def available_mb(card: Gpu | None) -> float:
-    import psutil
-
-    return card.free_mb if card else psutil.virtual_memory().available / MB
 
 
 def fix_for(cfg: TrainConfig, card: Gpu | None) -> str:
@@ -113,7 +107,7 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
         cfg = TrainConfig(model=model)
     choice = choose_backend(cfg)
     import_backend(choice)
-    free_mb = available_mb(card)
+    free_mb = card.free_mb if card else psutil.virtual_memory().available / MB
     try:
         shape = shape_of(model_config(cfg.model), cfg.target_modules)
     except (HubUnavailable, OSError, ValueError) as err:

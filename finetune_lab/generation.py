@@ -1,7 +1,5 @@
 """Greedy generation with the model's chat template: the test answers, the evaluation and the export's parity."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm

@@ -4,8 +4,6 @@ Written when a run is saved and rewritten when the run is evaluated or exported,
 (run_config.json, summary.json, eval/summary.json, export/parity.json), so it never states what was not measured.
 """
 
-from __future__ import annotations
-
 import json
 import os
 from pathlib import Path
@@ -22,9 +20,7 @@ def hub_id(model: str) -> str:
     """The base model as stock tools name it: a hub id for the lab's presets, else what the run was given."""
     from .models import PRESETS
 
-    if model == EMBEDDED:
-        return HUB_ID
-    return PRESETS.get(model, model)
+    return HUB_ID if model == EMBEDDED else PRESETS.get(model, model)
 
 
 def _read(path: Path):
@@ -53,6 +49,7 @@ def model_card(run_dir: Path) -> str:
         base=base,
         name=name,
         cfg=cfg,
+        choice=cfg.get("backend_choice", {}),
         adapter=adapter,
         embedded=cfg.get("model") == EMBEDDED,
         wheel=EMBEDDED_WHEEL,

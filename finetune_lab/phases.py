@@ -10,13 +10,6 @@ import time
 from contextlib import contextmanager
 
 
-def process_start_time() -> float:
-    """When this Python process started (time.time() scale): the CLI's clock starts there, imports included."""
-    import psutil
-
-    return psutil.Process().create_time()
-
-
 class Phases:
     """Wall seconds of each named phase, in the order they first ran; a phase that runs twice adds up."""
 

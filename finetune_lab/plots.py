@@ -1,7 +1,5 @@
 """Loss curves and score charts (matplotlib, saved as PNG and returned for inline display)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,17 +25,9 @@ def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None
         steps, validation = _curve(history, "validation_loss")
         if validation:
             ax.plot(steps, validation, color=colour, linestyle="--", marker="s", label=f"{prefix}validation (held out)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.set_title(title)
+    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return fig
+    return _finish(fig, ax, title, path)
 
 
 def plot_scores(
@@ -54,9 +44,15 @@ def plot_scores(
         ax.bar(xs, [values[m] for m in metrics], width=width, label=label)
     ax.set_xticks([m + width * (len(scores) - 1) / 2 for m in range(len(metrics))], metrics)
     ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, ax, title, path)
+
+
+def _finish(fig, ax, title: str, path: str | Path | None):
+    """Title and legend, then saved (where a path is given) and closed: returned for inline display."""
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -1,16 +1,10 @@
 """Optional Weights & Biases logging that never blocks: off unless asked, offline without WANDB_API_KEY."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 from pathlib import Path
 
 from .config import TrainConfig
-
-
-def wandb_mode() -> str:
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
 @contextlib.contextmanager
@@ -23,16 +17,17 @@ def wandb_run(cfg: TrainConfig, log_dir: str | Path):
         return
     import wandb
 
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "finetune-lab"),
         name=cfg.run_name,
         config=cfg.to_dict(),
         dir=str(log_dir),
-        mode=wandb_mode(),
+        mode=mode,
         reinit="finish_previous",
     )
-    print(f"[finetune_lab] wandb {wandb_mode()} run in {run.dir}")
+    print(f"[finetune_lab] wandb {mode} run in {run.dir}")
     try:
         yield run
     finally:

@@ -3,8 +3,6 @@ settings a student need not change, checkpoints that appear only when complete, 
 clock and memory, and the files and summary a finished run leaves behind.
 """
 
-from __future__ import annotations
-
 import json
 import math
 import shutil
@@ -23,11 +21,6 @@ SAMPLES_FILE, SUMMARY_FILE = "samples.json", "summary.json"
 LEG_SECONDS_FILE = "train_seconds.json"
 # Settings that may differ when an interrupted run is continued: they change neither the model nor the optimizer.
 RESUME_MAY_CHANGE = ("wandb", "save_steps", "gradient_checkpointing", "output_dir", "run_name", "max_new_tokens")
-SUMMARY_KEYS = (
-    "backend", "device", "dtype", "method", "rank", "steps", "train_seconds", "seconds_to_first_step", "first_loss",
-    "last_loss", "last_validation_loss", "best_validation_loss", "best_validation_step", "peak_memory_mb",
-    "trainable_params", "effective_batch_size", "checkpoint", "loss_curve",
-)  # fmt: skip
 
 
 class TrainingInterrupted(RuntimeError):
@@ -345,8 +338,9 @@ def summary(cfg: TrainConfig, choice, result: TrainResult, run_dir: Path, phases
 def print_summary(values: dict, samples: list[dict], warnings: list[str], phases: Phases) -> None:
     """The CLI's closing report: the numbers (n/a where none applies), where the time went, the answers."""
     print("\n=== Lab summary ===")
-    for key in SUMMARY_KEYS:
-        print(f"{key:>22}: {'n/a' if values[key] is None else values[key]}")
+    for key, value in values.items():
+        if key != "phase_seconds":  # the table below
+            print(f"{key:>22}: {'n/a' if value is None else value}")
     if phases.seconds:
         print("\n--- where the time went (wall seconds; total: process start to saved weights)")
         print(phases.table(values["wall_seconds"]))

@@ -27,6 +27,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import psutil
+
 from finetune_lab.checkpoints import (
     CheckpointError,
     RunPaths,
@@ -52,7 +54,7 @@ from finetune_lab.models import (
     use_dense_packed_mask,
     weights_dtype,
 )
-from finetune_lab.phases import Phases, process_start_time
+from finetune_lab.phases import Phases
 from finetune_lab.runtime import is_main_process, processes
 from finetune_lab.tracking import log_run_files, wandb_run
 from finetune_lab.training import (
@@ -373,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None
     try:
         cfg = config_from_args(args, quick=args.test_mode)
-        run = train(cfg, args.heldout or None, args.overwrite, args.resume, started_at=process_start_time())
+        started_at = psutil.Process().create_time()  # the wall time counts from the process start, imports included
+        run = train(cfg, args.heldout or None, args.overwrite, args.resume, started_at=started_at)
     except TrainingInterrupted as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 130

@@ -2,7 +2,7 @@
 
 import time
 
-from finetune_lab.phases import Phases, process_start_time
+from finetune_lab.phases import Phases
 
 
 def test_phases_add_up_in_the_order_they_first_ran_and_the_rest_is_shown_apart():
@@ -28,7 +28,3 @@ def test_a_phase_that_raises_is_still_timed():
     except KeyboardInterrupt:
         pass
     assert "train" in phases.seconds
-
-
-def test_the_process_started_before_now():
-    assert 0 < time.time() - process_start_time() < 24 * 3600
