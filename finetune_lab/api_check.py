@@ -91,11 +91,7 @@ class _ApiChecker(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> module-level API name
         # Prompts name their variables after the class (`garden`, `plant`, `task`, `sensor`).
         self.types: dict[str, str] = {c.lower(): c for c in api.classes}
-        self.unknown: list[str] = []
-
-    def _flag(self, what: str):
-        if what not in self.unknown:
-            self.unknown.append(what)
+        self.unknown: dict[str, None] = {}  # the names found, in order, each once
 
     def type_of(self, node) -> str | None:
         """The API type an expression evaluates to, where it can be told."""
@@ -119,7 +115,7 @@ class _ApiChecker(ast.NodeVisitor):
             return
         for alias in node.names:
             if alias.name not in self.api.module_names():
-                self._flag(f"{self.api.module}.{alias.name}")
+                self.unknown[f"{self.api.module}.{alias.name}"] = None
             self.aliases[alias.asname or alias.name] = alias.name
 
     def visit_Assign(self, node):
@@ -174,17 +170,17 @@ class _ApiChecker(ast.NodeVisitor):
         if known is not None:
             for keyword in node.keywords:
                 if keyword.arg is not None and keyword.arg not in known:
-                    self._flag(f"{callee}({keyword.arg}=)")
+                    self.unknown[f"{callee}({keyword.arg}=)"] = None
         self.generic_visit(node)
 
     def visit_Attribute(self, node):
         if isinstance(node.value, ast.Name) and node.value.id in self.modules:
             if node.attr not in self.api.module_names():
-                self._flag(f"{self.api.module}.{node.attr}")
+                self.unknown[f"{self.api.module}.{node.attr}"] = None
         else:
             owner = self.type_of(node.value)
             if owner in self.api.classes and node.attr not in self.api.classes[owner]:
-                self._flag(f"{owner}.{node.attr}")
+                self.unknown[f"{owner}.{node.attr}"] = None
         self.generic_visit(node)
 
 
@@ -198,4 +194,4 @@ def hallucinated_calls(code: str, api: ApiReference) -> list[str]:
         return sorted({f"{api.module}.{n}" for n in names if n not in api.module_names()})
     checker = _ApiChecker(api)
     checker.visit(tree)
-    return checker.unknown
+    return list(checker.unknown)

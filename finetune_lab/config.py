@@ -80,12 +80,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for name, allowed in (("method", METHODS), ("backend", BACKENDS), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         positive = "rank alpha epochs batch_size grad_accum learning_rate max_seq_length save_steps max_new_tokens"
         for name in positive.split():
             if not getattr(self, name) > 0:

@@ -235,32 +235,23 @@ _WHERE = {
     "system": ("the system prompt", "it would rewrite the instructions the model is given"),
     "user": ("a user turn", "it injects a fake turn into the conversation"),
     "assistant": ("an earlier assistant turn", "it fakes a turn boundary in the context"),
-}
+    "answer": ("the answer", "an answer that contains it teaches the model to stop there, or to write the other "
+               "side of the conversation itself"),
+}  # fmt: skip
 
 
 def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
     """Refuse text that the chat template would read as control tokens, naming the marker, the field and the line."""
     markers = chat_markers(tokenizer)
     for ex in dataset.examples:
-        fields = [(t["content"], *_WHERE[t["role"]]) for t in ex.prompt]
-        fields.append(
-            (
-                ex.completion,
-                "the answer",
-                "an answer that contains it teaches the model to stop there, or to write the other side of "
-                "the conversation itself",
-            )
-        )
-        for text, where, harm in fields:
+        fields = [(t["content"], t["role"]) for t in ex.prompt] + [(ex.completion, "answer")]
+        for text, part in fields:
             found = next((m for m in markers if m in text), None)
             if found:
-                raise DatasetError(
-                    dataset.path,
-                    f'{where} contains "{found}", which {model_name} reads as a control '
-                    f"marker of its chat format: {harm}",
-                    f'remove "{found}" from the text (or write it differently, e.g. without its brackets or pipes)',
-                    ex.line,
-                )
+                where, harm = _WHERE[part]
+                problem = f'{where} contains "{found}", which {model_name} reads as a control marker of its chat format'
+                fix = f'remove "{found}" from the text (or write it differently, e.g. without its brackets or pipes)'
+                raise DatasetError(dataset.path, f"{problem}: {harm}", fix, ex.line)
 
 
 def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:

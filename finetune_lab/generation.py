@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+# Greedy whatever the model's own generation_config samples with (its temperature, top_p, top_k unset, not ignored).
+GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+
 
 @dataclass
 class Answer:
@@ -32,16 +35,8 @@ def greedy_answers(model, tokenizer, prompts, max_new_tokens: int = 128, batch_s
             texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                out = model.generate(
-                    **enc,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                )
+                ends = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                out = model.generate(**enc, **GREEDY, **ends, max_new_tokens=max_new_tokens)
             for row in out[:, enc["input_ids"].shape[1] :].tolist():
                 stopped = tokenizer.eos_token_id in row  # what follows it is padding
                 row = row[: row.index(tokenizer.eos_token_id) + 1] if stopped else row

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from .config import TrainConfig
@@ -36,11 +37,8 @@ def wandb_run(cfg: TrainConfig, log_dir: str | Path):
 
 def log_run_files(run_dir: Path, table=None, table_name: str = "eval") -> None:
     """Add a run folder's plots and JSON files (and a table, a pandas DataFrame) to the active wandb run."""
-    try:
-        import wandb
-    except ImportError:
-        return
-    if wandb.run is None:
+    wandb = sys.modules.get("wandb")  # not imported: no run is active (and importing it takes seconds)
+    if wandb is None or wandb.run is None:
         return
     for image in ("loss_curve.png", "scores.png"):
         if (Path(run_dir) / image).exists():

@@ -89,7 +89,7 @@ def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: b
     """The SFTConfig settings a student need not change: where checkpoints go, seeds, the device's optimizer and
     data loading, data-parallel details, and the best-epoch bookkeeping. Both twins spell out the rest."""
     check_validation(cfg, validation)
-    args = dict(
+    return dict(
         output_dir=str(output_dir),
         # Packing cuts each row at max_length, truncating an example only if it alone is longer; padding-free
         # batches without packing keep examples whole (the lab warns about long ones instead).
@@ -118,7 +118,6 @@ def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: b
         # (Unsloth reads 1 as in-process and sizes a pool of up to 8 for None; TRL reads None as in-process).
         dataset_num_proc=1 if choice.backend == "unsloth" else None,
     )
-    return args
 
 
 def trainer_class():
