@@ -13,7 +13,10 @@ Cases on DIR (BS x SEQ random tokens, r=16 alpha=16 on all 7 projections, gradie
 median of STEPS steps after WARM warm-up steps):
     hf-lora hf-qlora          raw transformers + PEFT (+ bitsandbytes nf4), SDPA, a plain training loop
     us-lora us-qlora          raw Unsloth FastLanguageModel, a plain training loop
-    lab-lora lab-qlora        the lab: train_tiny_model.py's model_for_training + its SFTTrainer, backend unsloth
+    lab-lora lab-qlora        the lab: train_tiny_model.py's model_for_training + its SFTTrainer, backend unsloth,
+                              set up for a run on LAB_RUN_EXAMPLES examples (default 2,000: 2,000 steps over the 8
+                              epochs at batch 8, long enough that the lab turns Unsloth's compile on); the timed
+                              steps are its first
 Cases on the course dataset (data/course_train.jsonl, batch 8, max_seq_length 256, DIR = a SmolLM2-shaped
 model folder, COURSE_STEPS timed steps, default 28), the lab's trainer; these also run on a CPU (backend
 transformers), e.g. on the embedded model itself:
@@ -201,11 +204,15 @@ def run_lab(case, model_dir):
         output_dir="/tmp/bench-out",
         run_name=case,
     )
+    course_data = load_jsonl(os.path.join(REPO, "data", "course_train.jsonl"), cfg.system_prompt)
+    # The run the lab plans for (it decides Unsloth's compile from the run's length): the course data's own for the
+    # course cases, else a long run of LAB_RUN_EXAMPLES examples, as a student's thousands of examples make.
+    examples = len(course_data) if course else int(os.environ.get("LAB_RUN_EXAMPLES", 2000))
     t0 = time.perf_counter()
-    model, tokenizer, choice = lab["model_for_training"](cfg, Phases())
+    model, tokenizer, choice = lab["model_for_training"](cfg, Phases(), examples)
     load_s = time.perf_counter() - t0
     if course:
-        dataset = load_jsonl(os.path.join(REPO, "data", "course_train.jsonl"), cfg.system_prompt)
+        dataset = course_data
         steps = WARM + int(os.environ.get("COURSE_STEPS", 28))
     else:
         import torch

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import psutil
 
 from .config import ConfigError, TrainConfig, add_config_flags, config_from_args
+from .data import DatasetError, load_jsonl
 from .memory import MB, MemoryEstimate, estimate, shape_of
 from .models import (
     BackendChoice,
@@ -106,7 +107,7 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
         model, model_reason = default_model(card)
         cfg = TrainConfig(model=model)
     choice = choose_backend(cfg)
-    import_backend(choice)
+    import_backend(choice, cfg, len(load_jsonl(cfg.data, cfg.system_prompt)))
     free_mb = card.free_mb if card else psutil.virtual_memory().available / MB
     try:
         shape = shape_of(model_config(cfg.model), cfg.target_modules)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, reason = (args.model, "given") if hasattr(args, "model") else default_model(gpu())
         report = preflight(config_from_args(argparse.Namespace(**{**vars(args), "model": model})), reason)
-    except ConfigError as err:
+    except (ConfigError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report.print()

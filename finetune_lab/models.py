@@ -8,7 +8,9 @@ transformers, TRL and PEFT (it patches them at import).
 """
 
 import importlib.util
+import math
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +57,6 @@ def default_model(card) -> tuple[str, str]:
     return GPU_MODEL, "a CUDA GPU and the hub: TinyLlama-1.1B-Chat, the course's lab model"
 
 
-def unsloth_installed() -> bool:
-    return importlib.util.find_spec("unsloth") is not None
-
-
 @dataclass
 class BackendChoice:
     backend: str
@@ -76,14 +74,14 @@ class BackendChoice:
 
 def choose_backend(cfg: TrainConfig) -> BackendChoice:
     """Decide backend, device and dtype from the config and the machine, or say why it cannot run."""
-    cuda = cuda_available()
-    procs = processes()
+    cuda, procs = cuda_available(), processes()
+    unsloth = importlib.util.find_spec("unsloth") is not None
     if cfg.method == "qlora" and not cuda:
         raise ConfigError(
             "QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
             'Use method="lora" (--method lora) on a CPU, or run on a GPU / Colab.'
         )
-    if cfg.backend == "unsloth" and not (cuda and unsloth_installed()):
+    if cfg.backend == "unsloth" and not (cuda and unsloth):
         raise ConfigError(
             "the unsloth backend needs a CUDA GPU and `pip install -r requirements-gpu.txt`; "
             'use backend="transformers" (--backend transformers) or "auto" here.'
@@ -94,7 +92,7 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     if backend == "auto":
         # Several processes (accelerate launch): transformers + PEFT, which DDP supports without caveats;
         # Unsloth's own multi-GPU mode is opt-in (--backend unsloth).
-        backend = "unsloth" if cuda and unsloth_installed() and procs.world_size == 1 else "transformers"
+        backend = "unsloth" if cuda and unsloth and procs.world_size == 1 else "transformers"
     which = f", process {procs.rank} of {procs.world_size}" if procs.world_size > 1 else ""
     if not cuda:
         return BackendChoice(backend, "cpu" + which, choose_dtype(cfg.dtype, None), cfg.method)
@@ -103,14 +101,49 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     return BackendChoice(backend, where, choose_dtype(cfg.dtype, card), cfg.method)
 
 
-def import_backend(choice: BackendChoice) -> None:
-    """Import Unsloth now when it will train: it patches transformers, TRL and PEFT at import, so it must come
-    before them (Unsloth warns, and runs slower, when it comes later)."""
+# Unsloth's compiler of the model code costs ~24 s once (a longer import and load, a slower first step) and then saves
+# 19-34 ms a step at every batch x sequence size of the sweep, 1 x 128 to 8 x 1024 tokens
+# (bench/results/course-run-h200-2026-11-29.md, compile on vs off): a step's size barely changes the saving, so the
+# number of steps decides, from about this many.
+COMPILE_MIN_STEPS = 1300
+
+
+def planned_steps(cfg: TrainConfig, examples: int) -> int:
+    """The optimizer steps a run on `examples` training examples will take, counted as transformers' Trainer counts
+    them, before anything loads (packing, whose rows are not known yet, makes fewer)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    examples = min(examples, cfg.limit_examples or examples)
+    batches = math.ceil(math.ceil(examples / processes().world_size) / cfg.batch_size)
+    return math.ceil(cfg.epochs * max(batches // cfg.grad_accum, 1))
+
+
+def compile_choice(cfg: TrainConfig, examples: int) -> tuple[bool, str]:
+    """Whether Unsloth should compile the model code for this run, and why: as the user set UNSLOTH_COMPILE_DISABLE,
+    else only for a run long enough to repay the compile."""
+    from .runtime import UNSLOTH_COMPILE_DISABLE as given
+
+    if given is not None:
+        on = given not in ("1", "partial")
+        return on, f"{'on' if on else 'off'}: as set (UNSLOTH_COMPILE_DISABLE={given})"
+    steps = planned_steps(cfg, examples)
+    run = f"{steps:,} optimizer steps of up to {cfg.batch_size} x {cfg.max_seq_length} tokens"
+    if steps >= COMPILE_MIN_STEPS:
+        return True, f"on: {run}; the compile (~24 s once) pays from about {COMPILE_MIN_STEPS:,} steps"
+    return False, f"off: {run}; the compile (~24 s once) would pay only from about {COMPILE_MIN_STEPS:,} steps"
+
+
+def import_backend(choice: BackendChoice, cfg: TrainConfig, examples: int) -> None:
+    """Import Unsloth now when it will train a run of `cfg` on `examples` examples, with its compile on or off for
+    that run: it patches transformers, TRL and PEFT at import, so it must come before them (Unsloth warns, and runs
+    slower, when it comes later), and it reads UNSLOTH_COMPILE_DISABLE once, at import."""
     if choice.backend == "unsloth":
-        # Unsloth's compiler of the model code delays the first step by a fixed cost that only long runs of long
-        # rows repay; the course run never did (bench/results/course-run-h200-2026-11-29.md). Off unless you set
-        # UNSLOTH_COMPILE_DISABLE=0; Unsloth reads it once, at import.
-        os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "1")
+        on, why = compile_choice(cfg, examples)
+        if "unsloth" not in sys.modules:  # a value the user set stays (compile_choice followed it)
+            os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "0" if on else "1")
+        elif (os.environ.get("UNSLOTH_COMPILE_DISABLE", "0") not in ("1", "partial")) != on:
+            why += f"; but Unsloth was imported earlier with it {'off' if on else 'on'}, which holds until a restart"
+        print(f"[finetune_lab] Unsloth compile {why}")
         import unsloth  # noqa: F401
     # Imported here rather than on first use so that a run's "import libraries" phase holds their whole cost.
     import peft  # noqa: F401

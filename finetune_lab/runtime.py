@@ -1,6 +1,7 @@
 """The runtime state of a lab process, read once here and passed on: which data-parallel process this is, quick
 mode, the cache folder, hub access, the GPU (if any) and the one dtype decision of the lab. No other module reads
-WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK, FINETUNE_LAB_CACHE, HF_HUB_OFFLINE or asks torch for a GPU.
+WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK, FINETUNE_LAB_CACHE, HF_HUB_OFFLINE, UNSLOTH_COMPILE_DISABLE or asks
+torch for a GPU.
 
 Every part of the lab that needs a dtype (loading, the trainer's bf16/fp16 flags, reloading, evaluation, the
 notebooks) asks `choose_dtype`: a Colab T4 runs in fp16, an Ampere or newer card in bf16, a CPU in fp32.
@@ -49,6 +50,10 @@ if processes().world_size == 1:
     # One process trains on one GPU (on several, Trainer would wrap the model in nn.DataParallel, which TRL refuses);
     # more GPUs: `accelerate launch --num_processes N ...`. Set before torch starts CUDA.
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
+
+
+# Unsloth's compile as the user set it before the lab started (None: the lab decides per run, models.compile_choice).
+UNSLOTH_COMPILE_DISABLE = os.environ.get("UNSLOTH_COMPILE_DISABLE")
 
 
 @functools.cache

@@ -163,11 +163,12 @@ def add_adapters(model, cfg: TrainConfig, choice, checkpointing: bool):
     return get_peft_model(model, lora)
 
 
-def model_for_training(cfg: TrainConfig, phases: Phases):
-    """Sections 3 to 5: the backend for this machine, the base model, and its adapters; and the choice made."""
+def model_for_training(cfg: TrainConfig, phases: Phases, examples: int):
+    """Sections 3 to 5: the backend for this machine, the base model, and its adapters; and the choice made.
+    `examples`: how many the run trains on (Unsloth's compile is decided from the run's length)."""
     choice = choose_backend(cfg)
     with phases("import libraries"):
-        import_backend(choice)  # Unsloth first: it patches transformers, TRL and PEFT when it is imported
+        import_backend(choice, cfg, examples)  # Unsloth first: it patches transformers, TRL and PEFT when imported
     print(f"[finetune_lab] {choice}")
     if use_dense_packed_mask(cfg, choice):  # Unsloth reads it at its first packed batch; a value you set wins
         os.environ.setdefault("UNSLOTH_SDPA_PACKED_SEGMENTS", "0")
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, heldout_path=None, overwrite=False, resume=False, ca
             print(f"[finetune_lab] {note}")
         if resume:
             check_resume(paths, cfg, data)
-        model, tokenizer, choice = model_for_training(cfg, phases)
+        model, tokenizer, choice = model_for_training(cfg, phases, len(train_data))
         for dataset in (train_data, heldout):
             if dataset is not None:
                 check_chat_markers(dataset, tokenizer, cfg.model)

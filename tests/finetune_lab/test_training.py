@@ -38,7 +38,7 @@ def short_config(tmp_path, run_name, **changes):
 
 
 def load_for_training(cfg):
-    return lab.model_for_training(cfg, Phases())
+    return lab.model_for_training(cfg, Phases(), len(load_jsonl(cfg.data)))
 
 
 def build_trainer(model, tokenizer, dataset, cfg, choice, output_dir, args=None, validation=None):

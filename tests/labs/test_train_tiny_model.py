@@ -316,7 +316,13 @@ def test_every_setting_reaches_both_the_notebook_and_the_script():
         attributes = (n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name))
         return {n.attr for n in attributes if n.value.id == name}
 
-    both_call = [models.choose_backend, models.gradient_checkpointing_choice, training.sft_plumbing, tracking.wandb_run]
+    both_call = [
+        models.choose_backend,
+        models.import_backend,
+        models.gradient_checkpointing_choice,
+        training.sft_plumbing,
+        tracking.wandb_run,
+    ]
     notebook = "\n".join(c.source for c in nbformat.read(TRAIN_NOTEBOOK, as_version=4).cells if c.cell_type == "code")
     script = inspect.getsource(train_tiny_model)
     for function in both_call:
