@@ -12,7 +12,8 @@ Needs a CUDA GPU and the GPU stack (requirements-gpu.txt); the hub is not needed
                                                                   # checkout's CLI and with OLD's (an earlier
                                                                   # commit's files), interleaved
     python bench/course_run.py sweep DIR OUT.jsonl                # steps at 1x128 ... 8x1024 tokens per backend
-    python bench/course_run.py table OUT.jsonl [PLOT.png]         # the tables (and the sweep's plot); no GPU
+    python bench/course_run.py table OUT.jsonl [PLOT.png]         # the tables (and the sweep's plot, and where
+                                                                  # Unsloth's compile repays itself); no GPU
 Wall time is measured around the CLI's process (start-up and imports to exit); the phases come from the run's
 summary.json (finetune_lab.phases). With random weights the model never learns to stop, so both generation
 phases always run to the answers' cap (96 tokens): a real model that learned the course answers stops earlier.
@@ -278,6 +279,33 @@ def sweep_table(rows: list[dict], plot: Path | None) -> str:
     return "\n".join(out)
 
 
+def crossover_table(rows: list[dict]) -> str:
+    """Unsloth's compile: what it costs once (the course run's time outside its training steps, compile on vs off),
+    what it saves a step (the sweep's step times), and the steps it takes to repay (finetune_lab's
+    models.COMPILE_MIN_STEPS comes from here)."""
+
+    def outside_training(case):
+        runs = [r for r in rows if r.get("case") == case and r.get("rc") == 0 and r["repeat"] != "first run"]
+        return statistics.median(sum(s for p, s in r["phases"].items() if p != "training") for r in runs)
+
+    cost = outside_training("unsloth-lora-compile") - outside_training("unsloth-lora-nocompile")
+    sweep = [r for r in rows if r.get("kind") == "sweep" and "rc" not in r]
+    step_ms = {(r["mode"], r["batch"], r["seq"]): r["step_ms"] for r in sweep}
+    out = [
+        f"The compile costs {cost:.1f} s once (the course run outside its training steps, compile on vs off).",
+        "",
+        "| batch x seq | step ms, compile off | step ms, compile on | saved a step (ms) | steps to repay the compile |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (mode, b, s), off in step_ms.items():
+        on = step_ms.get(("unsloth-compile", b, s))
+        if mode == "unsloth-nocompile" and on:
+            saved = off - on
+            repay = f"{cost / (saved / 1000):,.0f}" if saved > 0 else "never"
+            out.append(f"| {b} x {s} | {off:.1f} | {on:.1f} | {saved:.1f} | {repay} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     verb, *args = sys.argv[1:] or ["help"]
     repeats = 2
@@ -299,6 +327,8 @@ if __name__ == "__main__":
         tables = [course_table(rows)]
         if any(r.get("kind") == "sweep" for r in rows):
             tables.append(sweep_table(rows, Path(args[1]) if len(args) > 1 else None))
+        if {"unsloth-lora-compile", "unsloth-lora-nocompile"} <= {r.get("case") for r in rows}:
+            tables.append(crossover_table(rows))
         print("\n\n".join(tables))
     else:
         sys.exit(__doc__)

@@ -102,9 +102,9 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
 
 
 # Unsloth's compiler of the model code costs ~24 s once (a longer import and load, a slower first step) and then saves
-# 19-34 ms a step at every batch x sequence size of the sweep, 1 x 128 to 8 x 1024 tokens
-# (bench/results/course-run-h200-2026-11-29.md, compile on vs off): a step's size barely changes the saving, so the
-# number of steps decides, from about this many.
+# 18-34 ms a step at every batch x sequence size of the sweep, 1 x 128 to 8 x 1024 tokens: it repays itself after
+# 700-1,330 steps (`python bench/course_run.py table bench/results/course-run-h200-2026-11-29.jsonl`). A step's size
+# does not order the saving, so the number of steps decides.
 COMPILE_MIN_STEPS = 1300
 
 
