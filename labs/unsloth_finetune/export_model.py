@@ -35,7 +35,7 @@ from gguf_export import (
     open_gguf,
     parity_report,
     plan_export,
-    prompt_tokens_match,
+    prompt_difference,
     write_gguf,
 )
 
@@ -83,11 +83,9 @@ def export_steps(plan, heldout: str, limit: int, max_new_tokens: int | None) -> 
                 print(f"  {step}")
         with phases(f"answer: {outtype} (llama.cpp)"):
             llm = open_gguf(plan.gguf(outtype))
-            if not prompt_tokens_match(llm, tokenizer, prompts[0]):
-                raise ExportError(
-                    f"{plan.gguf(outtype).name}: llama.cpp renders another prompt than the lab's chat template; "
-                    "the tokenizer's chat template did not reach the GGUF"
-                )
+            difference = prompt_difference(llm, tokenizer, prompts[0])
+            if difference:
+                raise ExportError(f"{plan.gguf(outtype).name}: {difference}")
             answers[gguf_label(outtype)] = llama_cpp_answers(llm, prompts, max_new_tokens)
             llm.close()
     report = {**parity_report(plan, prompts, references, answers, tokenizer), "phase_seconds": phases.rounded()}

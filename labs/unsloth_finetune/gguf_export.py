@@ -170,7 +170,20 @@ def merge_and_save(model, tokenizer, plan: ExportPlan):
     model.save_pretrained(plan.staging / "merged")
     tokenizer.save_pretrained(plan.staging / "merged")  # the chat template and end-of-turn token go along
     as_byte_level_bpe(plan.staging / "merged" / "tokenizer.json")
+    with_sentencepiece_model(plan.staging / "merged", plan.run_config["model"])
     return model
+
+
+def with_sentencepiece_model(merged: Path, base: str) -> None:
+    """A SentencePiece vocabulary (Llama's, TinyLlama's) reaches llama.cpp with its scores only from tokenizer.model:
+    from tokenizer.json alone its converter gives every piece the same placeholder score, and llama.cpp then splits
+    words differently ("Python" as "Py", "th", "on"). transformers saves tokenizer.json only, so the base model's
+    tokenizer.model goes beside it (the lab adds no tokens to a vocabulary)."""
+    from finetune_lab.models import resolve_model
+
+    base_model = Path(resolve_model(base, with_tokenizer=False)) / "tokenizer.model"
+    if base_model.is_file() and not (merged / "tokenizer.model").exists():
+        shutil.copy(base_model, merged)
 
 
 def as_byte_level_bpe(tokenizer_json: Path) -> None:
@@ -215,9 +228,9 @@ def llama_cpp_answers(llm, prompts: list[list[dict]], max_new_tokens: int) -> li
     return answers
 
 
-def prompt_tokens_match(llm, tokenizer, messages: list[dict]) -> bool:
-    """llama.cpp's prompt (the GGUF's template, rendered as its chat API does, and tokenized by its tokenizer) is
-    token for token the prompt the lab trained with."""
+def prompt_difference(llm, tokenizer, messages: list[dict]) -> str | None:
+    """Where llama.cpp's prompt (the GGUF's template, rendered as its chat API does, and tokenized by its tokenizer)
+    parts from the prompt the lab trained with, in words; None where the two are equal token for token."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     formatter = Jinja2ChatFormatter(
@@ -226,9 +239,23 @@ def prompt_tokens_match(llm, tokenizer, messages: list[dict]) -> bool:
         bos_token=llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else "",
     )
     rendered = formatter(messages=messages)
-    ours = llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
-    theirs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-    return list(ours) == list(theirs)
+    if rendered.prompt != tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False):
+        return "llama.cpp renders another prompt than the lab's chat template (it did not reach the GGUF)"
+    theirs = list(llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True))
+    ours = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    if theirs == ours:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    piece = llm._model.token_get_text(theirs[at]) if at < len(theirs) else "(the end)"
+    lab_piece = tokenizer.convert_ids_to_tokens(ours[at]) if at < len(ours) else "(the end)"
+    return (
+        f"llama.cpp tokenizes the same prompt text differently from the lab's tokenizer: its token {at} is "
+        f"{piece!r}, the lab's {lab_piece!r} (after {tokenizer.decode(ours[:at])[-30:]!r})"
+    )
+
+
+def prompt_tokens_match(llm, tokenizer, messages: list[dict]) -> bool:
+    return prompt_difference(llm, tokenizer, messages) is None
 
 
 def first_difference(a: str, b: str, tokenizer) -> int | None:
