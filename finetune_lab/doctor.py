@@ -107,7 +107,8 @@ def preflight(cfg: TrainConfig | None = None, model_reason: str = "given") -> Pr
         model, model_reason = default_model(card)
         cfg = TrainConfig(model=model)
     choice = choose_backend(cfg)
-    import_backend(choice, cfg, len(load_jsonl(cfg.data, cfg.system_prompt)))
+    # the run's length decides Unsloth's compile; no other backend needs the data read here
+    import_backend(choice, cfg, len(load_jsonl(cfg.data, cfg.system_prompt)) if choice.backend == "unsloth" else 0)
     free_mb = card.free_mb if card else psutil.virtual_memory().available / MB
     try:
         shape = shape_of(model_config(cfg.model), cfg.target_modules)

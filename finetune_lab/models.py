@@ -106,6 +106,7 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
 # 700-1,330 steps (`python bench/course_run.py table bench/results/course-run-h200-2026-11-29.jsonl`). A step's size
 # does not order the saving, so the number of steps decides.
 COMPILE_MIN_STEPS = 1300
+COMPILE_OFF = ("1", "partial")  # the values of UNSLOTH_COMPILE_DISABLE that Unsloth reads as "no compile"
 
 
 def planned_steps(cfg: TrainConfig, examples: int) -> int:
@@ -124,7 +125,7 @@ def compile_choice(cfg: TrainConfig, examples: int) -> tuple[bool, str]:
     from .runtime import UNSLOTH_COMPILE_DISABLE as given
 
     if given is not None:
-        on = given not in ("1", "partial")
+        on = given not in COMPILE_OFF
         return on, f"{'on' if on else 'off'}: as set (UNSLOTH_COMPILE_DISABLE={given})"
     steps = planned_steps(cfg, examples)
     run = f"{steps:,} optimizer steps of up to {cfg.batch_size} x {cfg.max_seq_length} tokens"
@@ -141,7 +142,7 @@ def import_backend(choice: BackendChoice, cfg: TrainConfig, examples: int) -> No
         on, why = compile_choice(cfg, examples)
         if "unsloth" not in sys.modules:  # a value the user set stays (compile_choice followed it)
             os.environ.setdefault("UNSLOTH_COMPILE_DISABLE", "0" if on else "1")
-        elif (os.environ.get("UNSLOTH_COMPILE_DISABLE", "0") not in ("1", "partial")) != on:
+        elif (os.environ.get("UNSLOTH_COMPILE_DISABLE", "0") not in COMPILE_OFF) != on:
             why += f"; but Unsloth was imported earlier with it {'off' if on else 'on'}, which holds until a restart"
         print(f"[finetune_lab] Unsloth compile {why}")
         import unsloth  # noqa: F401
