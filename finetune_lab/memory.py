@@ -1,15 +1,9 @@
 """Module 04's memory arithmetic as code: full fine-tuning vs LoRA vs QLoRA for a model and a batch.
 
-Who it is for: the preflight (`python -m finetune_lab.doctor`), the notebook's memory cell, and the GPU
-measurements that check these estimates against real peaks (docs/gpu). Bytes per parameter, as
-modules/04_Fine_Tuning_LLMs/README.md explains them:
-  frozen base weights      2 (bf16/fp16), 4 (fp32), ~0.52 for the NF4 layers of a 4-bit base (QLoRA)
-  trained weights          their weight (4: adapters and fp32 master weights are float32) + gradient (same)
-                           + Adam's two moments (2 x the same)
-  activations              per token and layer about 34 x hidden_size bytes in 16-bit (Korthikanti et al.,
-                           2022), only one layer's worth with gradient checkpointing plus each layer's input;
-                           the logits add batch x tokens x vocab x 10 bytes (16-bit logits, their fp32 copy
-                           for the loss, its gradient).
+For the preflight (`python -m finetune_lab.doctor`), the notebook's memory cell and the GPU checks of these estimates
+against real peaks (docs/gpu). Bytes per parameter as modules/04_Fine_Tuning_LLMs/README.md explains them: frozen
+base weights 2 (16-bit), 4 (fp32) or ~0.52 (NF4); trained weights their own bytes + gradient + Adam's two moments;
+activations ~34 x hidden_size bytes per token and layer in 16-bit (Korthikanti et al., 2022), plus the logits.
 """
 
 from dataclasses import dataclass
@@ -18,7 +12,7 @@ BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # NF4: 4 bits per weight, one fp8 scale per 64 weights, and an fp32 scale per 256 of those (double quantization).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 ACTIVATION_BYTES_PER_HIDDEN = 34
-LOGIT_BYTES = 10
+LOGIT_BYTES = 10  # per logit: the 16-bit logits, their fp32 copy for the loss, its gradient
 MB = 2**20
 
 
@@ -72,8 +66,7 @@ class MemoryEstimate:
 
 
 def estimate(shape: ModelShape, cfg, dtype: str, gradient_checkpointing: bool) -> MemoryEstimate:
-    """Peak training memory (what torch reports as allocated) for one step of the TrainConfig `cfg` (its method,
-    rank, batch_size and max_seq_length) in `dtype`."""
+    """Peak training memory (torch's allocated) of one step of `cfg` (method, rank, batch x length) in `dtype`."""
     half, method = BYTES[dtype], cfg.method
     if method == "full":
         # fp16 keeps fp32 master weights (the loss scaler cannot step fp16 weights); bf16 trains in bf16.
@@ -82,10 +75,8 @@ def estimate(shape: ModelShape, cfg, dtype: str, gradient_checkpointing: bool) -
         state = shape.params * stored * 3  # gradient + Adam's two moments
     else:
         trainable = shape.lora_per_rank * cfg.rank
-        if method == "qlora":
-            weights = shape.quantizable * NF4_BYTES + (shape.params - shape.quantizable) * half
-        else:
-            weights = shape.params * half
+        quantized = shape.quantizable if method == "qlora" else 0  # the NF4 layers of a 4-bit base
+        weights = quantized * NF4_BYTES + (shape.params - quantized) * half
         state = trainable * 16  # fp32 adapter weight, gradient, two moments
     tokens = cfg.batch_size * cfg.max_seq_length
     per_layer = tokens * shape.hidden * ACTIVATION_BYTES_PER_HIDDEN * half / 2

@@ -1,8 +1,5 @@
-"""The run folder's README.md: a model card that stock tools (the hub, PEFT) and people can read.
-
-Written when a run is saved and rewritten when the run is evaluated or exported, from the run's own files
-(run_config.json, summary.json, eval/summary.json, export/parity.json), so it never states what was not measured.
-"""
+"""The run folder's README.md: a model card for stock tools (the hub, PEFT) and people, (re)written when the run is
+saved, evaluated or exported from its own files, so it never states what was not measured."""
 
 import json
 import os

@@ -1,10 +1,6 @@
-"""Where a run's wall time goes: a clock that times named phases (imports, loading, generation, training, saving).
-
-The CLI's summary, the notebook and bench/course_run.py print it, so a student sees what is training and what is
-not. Light: no torch import.
+"""Where a run's wall time goes: named phases (imports, loading, generation, training, saving), as the CLI's summary,
+the notebook and bench/course_run.py print them, so a student sees what is training and what is not. No torch import.
 """
-
-from __future__ import annotations
 
 import time
 from contextlib import contextmanager
@@ -17,9 +13,8 @@ class Phases:
         self.seconds: dict[str, float] = dict(seconds or {})
         self._cell_start = time.perf_counter()
 
-    def watch_cells(self) -> Phases:
-        """In a notebook: note when each cell starts running, so that `cell_done` times the cell that calls it (and
-        not the minutes you spend reading between cells)."""
+    def watch_cells(self) -> "Phases":
+        """In a notebook: note when each cell starts, so `cell_done` times its cell, not your reading between cells."""
         from IPython import get_ipython
 
         shell = get_ipython()

@@ -15,8 +15,7 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
 
 
 def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None, title: str = "Loss"):
-    """Training loss per step (solid) and held-out loss per epoch (dashed, where measured), one colour per run
-    (e.g. LoRA rank 16 vs 32)."""
+    """Training loss per step (solid), held-out loss per epoch (dashed), one colour per run (e.g. rank 16 vs 32)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (label, history) in enumerate(histories.items()):
         colour = f"C{i}"

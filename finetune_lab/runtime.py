@@ -1,13 +1,8 @@
 """The runtime state of a lab process, read once here and passed on: which data-parallel process this is, quick
-mode, the cache folder, hub access, the GPU (if any) and the one dtype decision of the lab. No other module reads
-WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK, FINETUNE_LAB_CACHE, HF_HUB_OFFLINE, UNSLOTH_COMPILE_DISABLE or asks
-torch for a GPU.
-
-Every part of the lab that needs a dtype (loading, the trainer's bf16/fp16 flags, reloading, evaluation, the
-notebooks) asks `choose_dtype`: a Colab T4 runs in fp16, an Ampere or newer card in bf16, a CPU in fp32.
+mode, the cache folder, hub access, the GPU (if any) and the one dtype decision (`choose_dtype`: fp16 on a Colab T4,
+bf16 on Ampere or newer, fp32 on a CPU). No other module reads WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK,
+FINETUNE_LAB_CACHE, HF_HUB_OFFLINE, UNSLOTH_COMPILE_DISABLE or asks torch for a GPU.
 """
-
-from __future__ import annotations
 
 import functools
 import os
@@ -22,9 +17,8 @@ FALSE = ("", "0", "false", "False")
 
 @dataclass(frozen=True)
 class Processes:
-    """The data-parallel processes of this run: more than one under `accelerate launch` / torchrun, one GPU each.
-    Read from the launcher's variables rather than accelerate's PartialState, which would set up the process group
-    and the CUDA device before the trainer chooses its own settings (and before CUDA_VISIBLE_DEVICES is set)."""
+    """The data-parallel processes of this run (`accelerate launch` / torchrun), one GPU each. Not accelerate's
+    PartialState: it would start the process group and the CUDA device before the trainer (and CUDA_VISIBLE_DEVICES)."""
 
     world_size: int
     rank: int  # this process among all of them (not LoRA's rank r)
@@ -117,8 +111,7 @@ def gpu(index: int | None = None) -> Gpu | None:
 
 
 def native_dtype(card: Gpu | None) -> str:
-    """bfloat16 on Ampere and newer, float16 on older cards, float32 on a CPU. The capability decides, not
-    torch.cuda.is_bf16_supported(), which says True on a T4 (emulation)."""
+    """bf16 on Ampere and newer, fp16 on older cards, fp32 on a CPU (not is_bf16_supported(): True on a T4)."""
     if card is None:
         return "float32"
     return "bfloat16" if card.native_bf16 else "float16"

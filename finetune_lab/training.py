@@ -1,7 +1,5 @@
-"""What train_model.ipynb and train_tiny_model.py both need around TRL's SFTTrainer and neither shows: the trainer
-settings a student need not change, checkpoints that appear only when complete, Ctrl-C and resume, the run's
-clock and memory, and the files and summary a finished run leaves behind.
-"""
+"""What train_model.ipynb and train_tiny_model.py both need around TRL's SFTTrainer and neither shows: settings a
+student need not change, atomic checkpoints, Ctrl-C and resume, the run's clock and memory, the files it leaves."""
 
 import json
 import math
@@ -31,14 +29,11 @@ class TrainingDiverged(ConfigError):
     """The training loss became NaN or inf, or grew far above where it started: the run is stopped unsaved."""
 
 
-# A loss this many times its first value has left the pretrained model behind (a learning rate far too high);
-# a run that learns only ever falls below it.
-DIVERGED_FACTOR = 3.0
+DIVERGED_FACTOR = 3.0  # a loss this many times its first has left the pretrained model behind (learning rate too high)
 
 
 def stop_on_divergence():
-    """A callback that stops training, unsaved, once the logged loss is NaN or inf or above DIVERGED_FACTOR times
-    its first value."""
+    """A callback that stops training, unsaved, once the loss is NaN, inf or DIVERGED_FACTOR times its first."""
     from transformers import TrainerCallback
 
     class StopOnDivergence(TrainerCallback):
@@ -86,8 +81,8 @@ def check_validation(cfg: TrainConfig, validation: bool) -> None:
 
 
 def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: bool = False) -> dict:
-    """The SFTConfig settings a student need not change: where checkpoints go, seeds, the device's optimizer and
-    data loading, data-parallel details, and the best-epoch bookkeeping. Both twins spell out the rest."""
+    """The SFTConfig settings a student need not change (where checkpoints go, seeds, optimizer, data loading, DDP,
+    best-epoch bookkeeping); both twins spell out the rest."""
     check_validation(cfg, validation)
     return dict(
         output_dir=str(output_dir),
@@ -121,8 +116,7 @@ def sft_plumbing(cfg: TrainConfig, choice, output_dir: str | Path, validation: b
 
 
 def trainer_class():
-    """SFTTrainer whose checkpoint-N folders appear only when completely written (a kill mid-save leaves no
-    half-written checkpoint to resume from). Built on first use: with Unsloth, SFTTrainer is patched at import."""
+    """SFTTrainer whose checkpoint-N folders appear only when complete (built on first use: Unsloth patches it)."""
     from transformers.trainer_utils import rotate_checkpoints
     from trl import SFTTrainer
 
@@ -159,10 +153,9 @@ def trainer_class():
 
 
 def keep_fp16_master_weights(trainer) -> None:
-    """fp16 training scales the loss, and its scaler only unscales fp32 gradients; TRL casts a quantized model's
-    trainable adapters to bf16 (after the QLoRA paper), so a QLoRA run on a T4 stopped at its first step with
-    `"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'`. Unsloth's patched trainer
-    keeps fp32 there for the same reason; this does it for the transformers backend."""
+    """fp16's loss scaler unscales only fp32 gradients, but TRL casts a quantized model's adapters to bf16, so QLoRA on
+    a T4 stopped at step 1 ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16').
+    Unsloth's trainer keeps them fp32 for that reason; this does it for the transformers backend."""
     import torch
 
     if trainer.args.fp16:
@@ -192,9 +185,8 @@ def peak_memory_mb() -> float:
 
 
 def train_clock(resume_dir: Path, resumed: bool):
-    """A callback that notes when the first step ended and the training seconds over all legs of a run
-    (interrupted, then resumed): each checkpoint records the total so far in the resume folder, so steps redone
-    after a kill are not counted twice."""
+    """A callback that notes when the first step ended and the training seconds over all legs of a resumed run: each
+    checkpoint records the total so far, so steps redone after a kill are not counted twice."""
     from transformers import TrainerCallback
 
     path = Path(resume_dir) / LEG_SECONDS_FILE
