@@ -1,10 +1,8 @@
 """Models: presets, resolving a model name, and the two training backends (the embedded SmolLM2: embedded.py).
 
-Backends:
-  unsloth       FastLanguageModel on a CUDA GPU (fast kernels, 4-bit QLoRA, Unsloth gradient checkpointing)
-  transformers  plain transformers + PEFT (+ bitsandbytes for QLoRA); the only one that runs on a CPU
-Heavy libraries are imported inside functions so that Unsloth, when chosen, is imported before
-transformers, TRL and PEFT (it patches them at import).
+Backends: unsloth (FastLanguageModel on a CUDA GPU: fast kernels, 4-bit QLoRA, its own gradient checkpointing) and
+transformers (transformers + PEFT, + bitsandbytes for QLoRA; the only one on a CPU). Heavy libraries are imported
+inside functions so that Unsloth, when chosen, comes before transformers, TRL and PEFT (it patches them at import).
 """
 
 import importlib.util
@@ -14,6 +12,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from huggingface_hub import try_to_load_from_cache
 
 from .config import ConfigError, TrainConfig
 from .embedded import EMBEDDED, ensure_embedded_base
@@ -51,10 +51,11 @@ def default_model(card) -> tuple[str, str]:
     """The model the notebooks train by default on this machine, and why, in one line."""
     if card is None:
         return EMBEDDED, "no CUDA GPU here: the embedded SmolLM2-135M, which trains on a CPU in minutes"
-    offline = hub_unreachable_reason()
+    cached = isinstance(try_to_load_from_cache(PRESETS[GPU_MODEL], "config.json"), str)  # downloaded before
+    offline = not cached and hub_unreachable_reason()
     if offline:
         return EMBEDDED, f"{offline}: the embedded SmolLM2-135M (TinyLlama-1.1B-Chat is downloaded from the hub)"
-    return GPU_MODEL, "a CUDA GPU and the hub: TinyLlama-1.1B-Chat, the course's lab model"
+    return GPU_MODEL, f"a CUDA GPU and {'its hub cache' if cached else 'the hub'}: TinyLlama-1.1B-Chat, the lab model"
 
 
 @dataclass
@@ -101,17 +102,14 @@ def choose_backend(cfg: TrainConfig) -> BackendChoice:
     return BackendChoice(backend, where, choose_dtype(cfg.dtype, card), cfg.method)
 
 
-# Unsloth's compiler of the model code costs ~24 s once (a longer import and load, a slower first step) and then saves
-# 18-34 ms a step at every batch x sequence size of the sweep, 1 x 128 to 8 x 1024 tokens: it repays itself after
-# 700-1,330 steps (`python bench/course_run.py table bench/results/course-run-h200-2026-11-29.jsonl`). A step's size
-# does not order the saving, so the number of steps decides.
+# Unsloth's compile costs seconds once and saves milliseconds a step whatever the step's size, so the number of steps
+# decides: `python bench/course_run.py table bench/results/course-run-h200-2026-11-29.jsonl` measures the crossover.
 COMPILE_MIN_STEPS = 1300
 COMPILE_OFF = ("1", "partial")  # the values of UNSLOTH_COMPILE_DISABLE that Unsloth reads as "no compile"
 
 
 def planned_steps(cfg: TrainConfig, examples: int) -> int:
-    """The optimizer steps a run on `examples` training examples will take, counted as transformers' Trainer counts
-    them, before anything loads (packing, whose rows are not known yet, makes fewer)."""
+    """The optimizer steps of a run on `examples` examples, counted as the Trainer does (packing makes fewer)."""
     if cfg.max_steps > 0:
         return cfg.max_steps
     examples = min(examples, cfg.limit_examples or examples)
@@ -120,8 +118,7 @@ def planned_steps(cfg: TrainConfig, examples: int) -> int:
 
 
 def compile_choice(cfg: TrainConfig, examples: int) -> tuple[bool, str]:
-    """Whether Unsloth should compile the model code for this run, and why: as the user set UNSLOTH_COMPILE_DISABLE,
-    else only for a run long enough to repay the compile."""
+    """Whether Unsloth compiles for this run, and why: as UNSLOTH_COMPILE_DISABLE says, else if the run repays it."""
     from .runtime import UNSLOTH_COMPILE_DISABLE as given
 
     if given is not None:
@@ -135,9 +132,8 @@ def compile_choice(cfg: TrainConfig, examples: int) -> tuple[bool, str]:
 
 
 def import_backend(choice: BackendChoice, cfg: TrainConfig, examples: int) -> None:
-    """Import Unsloth now when it will train a run of `cfg` on `examples` examples, with its compile on or off for
-    that run: it patches transformers, TRL and PEFT at import, so it must come before them (Unsloth warns, and runs
-    slower, when it comes later), and it reads UNSLOTH_COMPILE_DISABLE once, at import."""
+    """Import Unsloth, when it will train, with its compile set for this run (it reads UNSLOTH_COMPILE_DISABLE at
+    import) and before transformers, TRL and PEFT, which it patches at import (later, it warns and runs slower)."""
     if choice.backend == "unsloth":
         on, why = compile_choice(cfg, examples)
         if "unsloth" not in sys.modules:  # a value the user set stays (compile_choice followed it)
@@ -153,19 +149,15 @@ def import_backend(choice: BackendChoice, cfg: TrainConfig, examples: int) -> No
 
 
 def weights_dtype(choice: BackendChoice) -> str:
-    """The dtype the trained weights are stored in. Full fine-tuning in fp16 keeps fp32 master weights: the
-    trainer's loss scaler cannot step fp16 weights (LoRA adapters are kept in fp32 by PEFT and Unsloth anyway)."""
+    """The dtype of the trained weights: full fine-tuning in fp16 keeps fp32 ones (the loss scaler cannot step fp16)."""
     if choice.method == "full" and choice.dtype == "float16" and choice.backend == "transformers":
         return "float32"
     return choice.dtype
 
 
-# Unsloth attends over a packed row with torch's varlen kernel where torch has one for grouped-query
-# attention (2.12+); on older torch it runs attention once per example in the row, dozens of small calls per layer
-# for the course's short examples, which made packing slower than padding. One dense block-diagonal mask per row
-# is much faster there (bench/results/h200x2-2026-11-28.md), at a cost of heads x tokens^2 per layer, so it is used
-# only while a batch holds at most this many tokens. Not for padding-free batches without packing: they keep long
-# examples whole, so their size has no such bound.
+# Without torch's grouped-query varlen kernel (2.12+) Unsloth attends per example of a packed row, dozens of small calls
+# a layer; one dense block-diagonal mask is faster (bench/results/h200x2-2026-11-28.md) but costs heads x tokens^2 a
+# layer, so only up to this many tokens a batch (padding-free rows without packing have no such bound).
 DENSE_PACKED_MASK_MAX_TOKENS = 4096
 
 
@@ -188,9 +180,6 @@ def use_dense_packed_mask(cfg: TrainConfig, choice: BackendChoice) -> bool:
         and cfg.batch_size * cfg.max_seq_length <= DENSE_PACKED_MASK_MAX_TOKENS
         and not torch_varlen_has_gqa()
     )
-
-
-# ---------------------------------------------------------------- resolving a model name to a folder
 
 
 def resolve_model(spec: str, with_tokenizer: bool = True) -> str:
@@ -277,9 +266,6 @@ def _hub_snapshot(repo_id: str) -> str:
         ) from None
 
 
-# ---------------------------------------------------------------- loading for training and inference
-
-
 def nf4_config(compute_dtype):
     """QLoRA's 4-bit base: NormalFloat4 with double quantization, matmuls in compute_dtype."""
     from transformers import BitsAndBytesConfig
@@ -292,19 +278,16 @@ def nf4_config(compute_dtype):
     )
 
 
-# Gradient checkpointing keeps each layer's input and recomputes the layer in the backward pass: about a third more
-# compute per step for one layer's activations instead of all of them. It pays only when the batch would not fit
-# without it, which the course run on a GPU never comes near (bench/results/course-run-h200-2026-11-29.md has the
-# time it costs there). The share leaves room for the allocator's caching and fragmentation.
+# Checkpointing trades about a third more compute a step for one layer's activations instead of all: worth it only when
+# the batch would not fit without it. The share leaves room for the allocator's caching and fragmentation.
 CHECKPOINTING_FREE_SHARE = 0.5
 
 
 def gradient_checkpointing_choice(
     cfg: TrainConfig, choice: BackendChoice, shape=None, free_mb: float | None = None
 ) -> tuple[bool, str]:
-    """Gradient checkpointing on or off for this run, and why: as configured, else off on a CPU, and on a GPU only
-    when the batch's activations and optimizer state would not fit without it in CHECKPOINTING_FREE_SHARE of
-    `free_mb` (default: what the card has free beside the loaded model)."""
+    """Gradient checkpointing for this run, and why: as configured, else off on a CPU; on a GPU only when activations
+    and optimizer state would not fit in CHECKPOINTING_FREE_SHARE of `free_mb` (default: the card's free memory)."""
     if cfg.gradient_checkpointing is not None:
         return cfg.gradient_checkpointing, f"{'on' if cfg.gradient_checkpointing else 'off'}: as configured"
     if not choice.on_gpu:
@@ -325,8 +308,7 @@ def gradient_checkpointing_choice(
 
 
 def check_target_modules(model, target_modules, model_name: str) -> None:
-    """Refuse LoRA target names the model has no linear layer for, listing the names it has (PEFT's own error
-    lists none, and Unsloth's get_peft_model wraps what it finds)."""
+    """Refuse LoRA targets the model lacks, listing its linear layers (PEFT's error lists none; Unsloth skips them)."""
     import torch
 
     names = sorted(
@@ -361,8 +343,7 @@ def for_inference(model, choice: BackendChoice):
 
 @contextmanager
 def adapters_off(model):
-    """The base model's own answers from a model with fresh adapters: LoRA's B starts at zero, so the adapters would
-    change nothing but would roughly double the time of each generated token (a full fine-tuning model has none)."""
+    """The base model's answers from a model with fresh adapters (B = 0: they change nothing but double the time)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):

@@ -8,8 +8,11 @@
 #                                                                     # per card with CUDA_VISIBLE_DEVICES
 #     T4=1 bash scripts/gpu_verify.sh OUT     # the same, with the card looking like Colab's T4 (fp16 only;
 #                                             # scripts/t4sim), as a Colab user's runs would go
+#     TINYLLAMA=1 ...                         # the notebooks train TinyLlama-1.1B-Chat as Colab downloads it
+#                                             # (tests/helpers.tinyllama_hub: its tokenizer, full shape, random weights)
 # 0. the preflight (python -m finetune_lab.doctor): versions, card, native bf16, dtype, memory estimate
-# 1. tests/labs/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload
+# 1. tests/labs/test_gpu.py: the CLI's LoRA and QLoRA runs through Unsloth and transformers+PEFT, save -> reload;
+#    tests/labs/test_tinyllama_chat.py: the same four at TinyLlama's full shape, peak memory beside the estimate
 # 2. both notebooks executed top to bottom with nbclient (FINETUNE_LAB_QUICK=1), saved with their outputs in OUT_DIR
 # 3. the hub presets' architectures (random weights) through both backends: bench/check_presets.py
 set -uo pipefail
@@ -20,9 +23,14 @@ export PYTHONUNBUFFERED=1
 if [[ ${T4:-0} == 1 ]]; then
   export PYTHONPATH="$PWD/scripts/t4sim${PYTHONPATH:+:$PYTHONPATH}"
   # Under the simulation Unsloth compiles its blocks for compute capability 7.5, which the real card cannot run
-  # ("no kernel image is available"), and then stalls in inductor (seen on an H200, 2026-11-29); a real T4 compiles
-  # for itself. Compiling is a speed option, not a precision decision, so the simulated runs go without it.
+  # ("no kernel image is available"), and then stalls in inductor; a real T4 compiles for itself. Compiling is a
+  # speed option, not a precision decision, so the simulated runs go without it.
   export UNSLOTH_COMPILE_DISABLE=1
+fi
+if [[ ${TINYLLAMA:-0} == 1 ]]; then
+  # found offline in the hub cache, so the preflight picks it as the notebooks' model, as on Colab
+  HF_HUB_CACHE=$(PYTHONPATH=tests python3 -c "from helpers import tinyllama_hub; print(tinyllama_hub(22))") || exit 1
+  export HF_HUB_CACHE HF_HUB_OFFLINE=1
 fi
 python3 - <<'PY' | tee "$out/versions.txt"
 import torch, transformers, trl, peft, unsloth, bitsandbytes
@@ -33,7 +41,7 @@ python3 -c "from finetune_lab.embedded import ensure_embedded_base; print(ensure
 stages=" ${STAGES:-doctor tests notebooks presets} "
 status=0
 [[ $stages == *" doctor "* ]] && python3 -m finetune_lab.doctor 2>&1 | tee "$out/doctor.txt"
-[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/labs/test_gpu.py 2>&1 \
+[[ $stages == *" tests "* ]] && { python3 -m pytest -p no:cacheprovider -o addopts="" -p no:nbval -v -s -m gpu ${TESTS_K:+-k "$TESTS_K"} tests/labs/test_gpu.py tests/labs/test_tinyllama_chat.py 2>&1 \
   | grep --line-buffered -vE "it/s\]|s/it\]" > "$out/pytest_gpu.txt" || status=1; tail -15 "$out/pytest_gpu.txt"; }
 [[ $stages == *" notebooks "* ]] && for nb in train_model evaluate_model; do
   FINETUNE_LAB_QUICK=1 python3 - "$nb" "$out" <<'PY' 2>&1 | tail -3 | tee -a "$out/notebooks.txt" || status=1

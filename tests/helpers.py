@@ -90,6 +90,11 @@ def llama_tokenizer_folder() -> Path:
     from PyPI): its pieces, scores and types are SentencePiece's own. Read with legacy=False, transformers' current
     reading of a Llama vocabulary, which a run saved by the lab gets in any case (transformers 5 does not save the
     flag and reads a saved tokenizer that way). Built once and cached."""
+    from finetune_lab.runtime import cache_dir
+
+    folder = cache_dir() / "fixtures" / "tinyllama-chat-tokenizer"
+    if (folder / "tokenizer.model").exists():
+        return folder
     import tarfile
     from importlib.metadata import version
 
@@ -98,11 +103,7 @@ def llama_tokenizer_folder() -> Path:
 
     from finetune_lab.checkpoints import staged
     from finetune_lab.embedded import pypi_file
-    from finetune_lab.runtime import cache_dir
 
-    folder = cache_dir() / "fixtures" / "tinyllama-chat-tokenizer"
-    if (folder / "tokenizer.model").exists():
-        return folder
     release = f"llama_cpp_python-{version('llama-cpp-python')}"
     sdist = pypi_file(f"llama-cpp-python=={version('llama-cpp-python')}", f"{release}.tar.gz", source=True)
     with staged(folder, replace=False) as staging:

@@ -4,7 +4,8 @@ chosen model and method will not fit."""
 import subprocess
 import sys
 
-from helpers import REPO
+import pytest
+from helpers import REPO, tinyllama_hub
 
 from finetune_lab.config import TrainConfig
 from finetune_lab.doctor import Preflight
@@ -61,15 +62,29 @@ def test_full_fine_tuning_of_tinyllama_on_a_t4_does_not_fit_and_the_fix_is_adapt
     assert qlora.fits is True and "fits: yes" in "\n".join(qlora.lines())
 
 
-def test_the_notebooks_model_is_tinyllama_on_a_gpu_with_the_hub_and_the_embedded_one_otherwise(monkeypatch):
+def test_the_notebooks_model_is_tinyllama_on_a_gpu_with_the_hub_and_the_embedded_one_otherwise(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     import finetune_lab.models as models
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # read at import: an empty cache
     assert default_model(None)[0] == "smollm2-135m"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, why = default_model(T4)
     assert model == "smollm2-135m" and why.startswith("HF_HUB_OFFLINE is set")
     monkeypatch.setattr(models, "hub_unreachable_reason", lambda: None)
     assert default_model(T4)[0] == "tinyllama-1.1b-chat"
+
+
+@pytest.mark.slow
+def test_offline_a_gpu_trains_tinyllama_when_the_hub_cache_already_holds_it(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tinyllama_hub()))
+    model, why = default_model(T4)
+    assert model == "tinyllama-1.1b-chat" and "its hub cache" in why
+    assert default_model(None)[0] == "smollm2-135m"  # a CPU still gets the model it can train in minutes
 
 
 def test_an_unknown_model_is_an_error_with_the_presets_not_a_report_of_n_a():

@@ -5,6 +5,7 @@ embedded SmolLM2 (ChatML, `<|im_end|>`): these check that the label mask, the st
 and the reload are right for the other format too.
 """
 
+import importlib.util
 import json
 
 import huggingface_hub.constants
@@ -17,7 +18,10 @@ from finetune_lab.checkpoints import load_checkpoint
 from finetune_lab.config import quick_config
 from finetune_lab.data import DatasetError, chat_markers, check_chat_markers, load_jsonl
 from finetune_lab.generation import greedy_answers
+from finetune_lab.memory import estimate, shape_of
+from finetune_lab.models import PRESET_SHAPES, model_config
 from finetune_lab.phases import Phases
+from finetune_lab.runtime import cuda_available, gpu, native_dtype
 
 pytestmark = pytest.mark.slow
 DATA = REPO / "data" / "course_train.jsonl"
@@ -142,3 +146,36 @@ def test_its_export_stops_where_llama_cpp_would_read_another_prompt_and_publishe
     assert "llama.cpp tokenizes the same prompt text differently from the lab's tokenizer" in done.stderr
     assert "is '▁', the lab's '<0x0A>' (after 'ry. Answer with code only.</s>')" in done.stderr
     assert not (tinyllama_run / "export").exists() and not list(tinyllama_run.glob(".export*"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (scripts/gpu_verify.sh); the cases above run here")
+@pytest.mark.parametrize(
+    "backend,method", [("unsloth", "lora"), ("unsloth", "qlora"), ("transformers", "lora"), ("transformers", "qlora")]
+)
+def test_at_full_shape_on_a_gpu_it_trains_and_peaks_near_the_preflights_estimate(
+    tmp_path, monkeypatch, backend, method
+):
+    """TinyLlama's 22 layers (random weights) through the CLI: the run names its base, its answers hold no template
+    text, and the measured peak lies near the preflight's estimate for the same run (the memory table of
+    docs/gpu comes from the JSON line this prints)."""
+    if importlib.util.find_spec(backend if backend == "unsloth" else "bitsandbytes") is None:
+        pytest.skip(f"{backend} {method} needs requirements-gpu.txt")
+    hub = tinyllama_hub(layers=PRESET_SHAPES[PRESET]["num_hidden_layers"])
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ("--test_mode", "--model", PRESET, "--backend", backend, "--method", method)
+    done = run_cli(*args, "--output_dir", str(tmp_path), "--run_name", "full", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = tmp_path / "full"
+    assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == TINYLLAMA
+    for sample in json.loads((run / "samples.json").read_text()):
+        assert not any(marker in sample["after"] for marker in ("<|assistant|>", "<|user|>", "</s>"))
+    cfg = quick_config(model=PRESET, method=method)
+    checkpointing = "gradient checkpointing on" in done.stdout
+    shape = shape_of(model_config(PRESET), cfg.target_modules)
+    estimated = estimate(shape, cfg, native_dtype(gpu()), checkpointing).total_mb
+    measured = json.loads((run / "summary.json").read_text())["peak_memory_mb"]
+    row = dict(backend=backend, method=method, dtype=native_dtype(gpu()), checkpointing=checkpointing)
+    print(json.dumps({**row, "estimated_mb": round(estimated), "measured_mb": measured}))
+    assert 0.6 * estimated <= measured <= 1.4 * estimated
