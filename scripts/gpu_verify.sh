@@ -57,8 +57,9 @@ except CellExecutionError:
     pass  # the error is in the cell's outputs, counted below
 nbformat.write(nb, f"{out}/{name}.ipynb")  # executed, every output kept
 errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-backend = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if "backend=" in o.get("text", "")]
-print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(errors)}, {backend[:1]}")
+texts = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+said = [line for text in texts for line in text.splitlines() if line.startswith(("model: ", "backend="))]
+print(f"{name}: executed in {time.perf_counter() - start:.0f} s, errors: {len(errors)}, {said[:2]}")
 for error in errors:
     print(error.get("ename"), error.get("evalue", "")[:500])
 sys.exit(1 if errors else 0)
