@@ -12,6 +12,7 @@ A rate that does not apply to any answer of a table is NaN, shown as n/a, never 
 
 import ast
 import functools
+import html
 import json
 import re
 from pathlib import Path
@@ -149,23 +150,24 @@ def score(answer: str, reference: str, api: ApiReference | None = None, prompt: 
     return row
 
 
+def mark_invented(answer: str, hallucinated: str = "", family: str = "prose") -> str:
+    """The whole answer as wrapped HTML, each invented span (score's `hallucinated`) in <mark>."""
+    answer = html.escape(answer)
+    for item in filter(None, hallucinated.split(", ")):
+        # a code finding names its owner ("Garden.irrigate", "Garden(soil=)"): mark the invented name itself
+        span = re.findall(r"\w+", item)[-1] if family == "code" else item
+        answer = re.sub(
+            rf"(?<![\w>]){re.escape(html.escape(span))}(?!\w)", lambda m: f"<mark>{m.group(0)}</mark>", answer
+        )
+    return f"<pre style='white-space: pre-wrap; text-align: left'>{answer}</pre>"
+
+
 def highlight_invented(table: pd.DataFrame) -> str:
     """An HTML table of the answers that invented something, each invented span in <mark> (for the notebook)."""
-    import html
-
-    rows = []
-    for _, row in table[table["hallucinated"] != ""].iterrows():
-        answer = html.escape(row["answer"])
-        for item in row["hallucinated"].split(", "):
-            # a code finding names its owner ("Garden.irrigate", "Garden(soil=)"): mark the invented name itself
-            span = re.findall(r"\w+", item)[-1] if row.get("family") == "code" else item
-            answer = re.sub(
-                rf"(?<![\w>]){re.escape(html.escape(span))}(?!\w)", lambda m: f"<mark>{m.group(0)}</mark>", answer
-            )
-        cells = [html.escape(str(row.get(k, ""))) for k in ("model", "split", "prompt")] + [f"<pre>{answer}</pre>"]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("model", "split", "prompt", "answer (invented spans marked)"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    found = table[table["hallucinated"] != ""].assign(**{c: table.get(c, "") for c in ("model", "split")})
+    found["answer"] = [mark_invented(r["answer"], r["hallucinated"], r.get("family", "")) for _, r in found.iterrows()]
+    found["prompt"] = found["prompt"].map(html.escape)
+    return found[["model", "split", "prompt", "answer"]].to_html(escape=False, index=False)
 
 
 def api_names_used(code: str, api: ApiReference) -> bool:

@@ -15,7 +15,8 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
 
 
 def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None, title: str = "Loss"):
-    """Training loss per step (solid), held-out loss per epoch (dashed), one colour per run (e.g. rank 16 vs 32)."""
+    """Training loss per step (solid), held-out loss per epoch (dashed) and its lowest point (a star: where early
+    stopping and keep_best settle), one colour per run, on a log scale that keeps the late, small losses readable."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, (label, history) in enumerate(histories.items()):
         colour = f"C{i}"
@@ -24,17 +25,14 @@ def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None
         steps, validation = _curve(history, "validation_loss")
         if validation:
             ax.plot(steps, validation, color=colour, linestyle="--", marker="s", label=f"{prefix}validation (held out)")
-    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens)")
+            best = validation.index(min(validation))
+            ax.plot(steps[best], validation[best], color=colour, marker="*", markersize=14, label=f"{prefix}lowest validation")
+    ax.set(xlabel="optimizer step", ylabel="loss (answer tokens, log scale)", yscale="log")
     ax.grid(alpha=0.3)
     return _finish(fig, ax, title, path)
 
 
-def plot_scores(
-    scores: dict[str, dict[str, float]],
-    metrics: list[str],
-    path: str | Path | None = None,
-    title: str = "Base vs fine-tuned",
-):
+def plot_scores(scores: dict[str, dict], metrics: list[str], path: str | Path | None = None, title: str = "Scores"):
     """Grouped bars: one group per metric, one bar per model (values in [0, 1])."""
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     width = 0.8 / max(len(scores), 1)

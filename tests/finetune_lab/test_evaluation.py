@@ -12,6 +12,7 @@ from finetune_lab.evaluation import (
     aggregate,
     highlight_invented,
     load_api,
+    mark_invented,
     rouge_l,
     same_program,
     score,
@@ -204,6 +205,11 @@ def test_invented_spans_are_highlighted_for_the_notebook():
     )
     html = highlight_invented(table)
     assert "It runs on port <mark>8080</mark>." in html and "garden.<mark>irrigate</mark>(bed=2)" in html
+    assert "NaN" not in html and html.count("<td><pre") == 2  # the two answers that invented something, whole
+    assert (
+        mark_invented("x < 8080", "8080")
+        == "<pre style='white-space: pre-wrap; text-align: left'>x &lt; <mark>8080</mark></pre>"
+    )
 
 
 def test_every_schema_is_evaluated_with_its_own_turns(tmp_path):
