@@ -26,7 +26,8 @@ def plot_losses(histories: dict[str, list[dict]], path: str | Path | None = None
         if validation:
             ax.plot(steps, validation, color=colour, linestyle="--", marker="s", label=f"{prefix}validation (held out)")
             best = validation.index(min(validation))
-            ax.plot(steps[best], validation[best], color=colour, marker="*", markersize=14, label=f"{prefix}lowest validation")
+            star = dict(color=colour, marker="*", markersize=14, label=f"{prefix}lowest validation")
+            ax.plot(steps[best], validation[best], **star)
     ax.set(xlabel="optimizer step", ylabel="loss (answer tokens, log scale)", yscale="log")
     ax.grid(alpha=0.3)
     return _finish(fig, ax, title, path)
