@@ -19,6 +19,7 @@ TWINS = {
     "evaluate_model.ipynb": "evaluate_model.py",
     "export_model.ipynb": "export_model.py",
     "solutions.ipynb": "train_tiny_model.py",
+    "exercises.ipynb": "exercise_checks.py",
 }
 MACHINE_NOISE = re.compile(r"/tmp/|/root/|/home/|\d+\.\d+ ?s\b|it/s")
 
