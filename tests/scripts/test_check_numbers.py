@@ -1,0 +1,36 @@
+"""scripts/check_numbers.py: every number the course text marks as measured equals its source, and a number changed
+by hand in the text is caught, with the file, the line and the fix."""
+
+import shutil
+import subprocess
+import sys
+
+from helpers import REPO
+
+CHECK = [sys.executable, str(REPO / "scripts" / "check_numbers.py")]
+
+
+def test_every_marked_number_in_the_course_text_matches_its_source():
+    done = subprocess.run(CHECK, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert " 0 contradicted" in done.stdout and int(done.stdout.split()[0]) >= 30
+
+
+def test_a_number_changed_by_hand_in_module_04_fails_and_write_restores_it(tmp_path):
+    for part in ("README.md", "modules", "labs/unsloth_finetune"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, tmp_path / part)
+    module = tmp_path / "modules" / "04_Fine_Tuning_LLMs" / "README.md"
+    original = module.read_text()
+    module.write_text(
+        original.replace("219.1<!-- n:ranks.16.train_seconds -->", "199.1<!-- n:ranks.16.train_seconds -->")
+    )
+    line = original[: original.index("219.1<!-- n:ranks.16")].count("\n") + 1
+    done = subprocess.run([*CHECK, "--root", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert (
+        f"modules/04_Fine_Tuning_LLMs/README.md:{line}: quotes 199.1 for ranks.16.train_seconds, its source says "
+        "219.1; fix: python scripts/check_numbers.py --write" in done.stderr
+    )
+    subprocess.run([*CHECK, "--root", str(tmp_path), "--write"], cwd=REPO, check=True, capture_output=True)
+    assert module.read_text() == original
