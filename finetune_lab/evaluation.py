@@ -164,7 +164,8 @@ def mark_invented(answer: str, hallucinated: str = "", family: str = "prose") ->
 
 def highlight_invented(table: pd.DataFrame) -> str:
     """An HTML table of the answers that invented something, each invented span in <mark> (for the notebook)."""
-    found = table[table["hallucinated"] != ""].assign(**{c: table.get(c, "") for c in ("model", "split")})
+    columns = dict.fromkeys([*table, "model", "split"])  # a table scored without a model name gets an empty one
+    found = table[table["hallucinated"] != ""].reindex(columns=list(columns), fill_value="")
     found["answer"] = [mark_invented(r["answer"], r["hallucinated"], r.get("family", "")) for _, r in found.iterrows()]
     found["prompt"] = found["prompt"].map(html.escape)
     return found[["model", "split", "prompt", "answer"]].to_html(escape=False, index=False)

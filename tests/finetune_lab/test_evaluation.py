@@ -206,6 +206,7 @@ def test_invented_spans_are_highlighted_for_the_notebook():
     html = highlight_invented(table)
     assert "It runs on port <mark>8080</mark>." in html and "garden.<mark>irrigate</mark>(bed=2)" in html
     assert "NaN" not in html and html.count("<td><pre") == 2  # the two answers that invented something, whole
+    assert "<td>" not in highlight_invented(table[table["hallucinated"] == ""])  # nothing invented: no rows at all
     assert (
         mark_invented("x < 8080", "8080")
         == "<pre style='white-space: pre-wrap; text-align: left'>x &lt; <mark>8080</mark></pre>"
