@@ -1,6 +1,7 @@
 """scripts/check_numbers.py: every number the course text marks as measured equals its source, and a number changed
 by hand in the text is caught, with the file, the line and the fix."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,15 +23,15 @@ def test_a_number_changed_by_hand_in_module_04_fails_and_write_restores_it(tmp_p
         copy(REPO / part, tmp_path / part)
     module = tmp_path / "modules" / "04_Fine_Tuning_LLMs" / "README.md"
     original = module.read_text()
-    module.write_text(
-        original.replace("219.1<!-- n:ranks.16.train_seconds -->", "199.1<!-- n:ranks.16.train_seconds -->")
-    )
-    line = original[: original.index("219.1<!-- n:ranks.16")].count("\n") + 1
+    quoted = re.search(r"([\d.]+)<!-- n:ranks.16.train_seconds -->", original)
+    changed = f"{float(quoted[1]) + 20:.1f}"  # a training time typed in by hand
+    module.write_text(original[: quoted.start(1)] + changed + original[quoted.end(1) :])
+    line = original[: quoted.start()].count("\n") + 1
     done = subprocess.run([*CHECK, "--root", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     assert (
-        f"modules/04_Fine_Tuning_LLMs/README.md:{line}: quotes 199.1 for ranks.16.train_seconds, its source says "
-        "219.1; fix: python scripts/check_numbers.py --write" in done.stderr
+        f"modules/04_Fine_Tuning_LLMs/README.md:{line}: quotes {changed} for ranks.16.train_seconds, its source says "
+        f"{quoted[1]}; fix: python scripts/check_numbers.py --write" in done.stderr
     )
     subprocess.run([*CHECK, "--root", str(tmp_path), "--write"], cwd=REPO, check=True, capture_output=True)
     assert module.read_text() == original
