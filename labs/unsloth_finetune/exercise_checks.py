@@ -66,7 +66,7 @@ def check_labels(labels_for, tokenizer) -> bool:
         return _say(False, f"positions {learned[:3]}... are learned, but the answer turn starts at {want_learned[0]}")
     if list(labels) != want:
         return _say(False, "a learned position's label must be its own token id")
-    return _say(True, f"{len(learned)} of {len(want)} tokens learned: {tokenizer.decode(ids[want_learned[0]:])!r}")
+    return _say(True, f"{len(learned)} of {len(want)} tokens learned: {tokenizer.decode(ids[want_learned[0] :])!r}")
 
 
 def check_lora_forward(lora_forward) -> bool:
