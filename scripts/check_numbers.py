@@ -4,8 +4,10 @@
 Who it is for: anyone who edits README.md, modules/ or a notebook's text, or regenerates an executed copy. A quoted
 number is marked in the Markdown by an HTML comment right after it, invisible once rendered:
     took 219.1<!-- n:ranks.16.train_seconds --> s
-The key names a value that SOURCES reads from a results file, an executed notebook or the lab's own arithmetic; the
-quoted number must equal that value rounded to the decimals it is written with. From the repository root:
+The key names a value that `sources` reads from an executed notebook, the lab's own arithmetic or a table of
+bench/results/ (`results.FILE.ROW.COLUMN`: the file's stem, the first row whose first cell is ROW, the column headed
+COLUMN, spaces as `_`); the quoted number must equal that value rounded to the decimals it is written with. From
+the repository root:
     python scripts/check_numbers.py            # exit 1 and list every quoted number its source contradicts
     python scripts/check_numbers.py --write    # rewrite the quoted numbers from their sources (same decimals)
 tests/scripts/test_check_numbers.py runs the check with the tests.
@@ -22,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXECUTED = Path("labs/unsloth_finetune/executed")
 TEXTS = ("README.md", "modules/*/README.md", "labs/unsloth_finetune/*.ipynb")
-MARKED = re.compile(r"(?P<number>-?\d[\d,]*(?:\.\d+)?)<!-- n:(?P<key>[\w.-]+) -->")
+MARKED = re.compile(r"(?P<number>-?\d[\d,]*(?:\.\d+)?)<!-- n:(?P<key>[^\s>]+) -->")
 
 
 class _Tables(HTMLParser):
@@ -92,6 +94,26 @@ def sources(root: Path) -> dict[str, float]:
     values["memory.tinyllama.qlora_base_gb"] = (
         tiny.quantizable * NF4_BYTES + (tiny.params - tiny.quantizable) * 2
     ) / 1e9
+    return {**values, **results_tables(root)}
+
+
+def results_tables(root: Path) -> dict[str, float]:
+    """The first number of every cell of every Markdown table in bench/results/, as results.FILE.ROW.COLUMN."""
+    values = {}
+    for path in sorted((root / "bench" / "results").glob("*.md")):
+        lines, head = path.read_text().splitlines(), None
+        for line, after in zip(lines, [*lines[1:], ""]):
+            cells = [c.strip().replace(" ", "_") for c in line.strip().strip("|").split("|")]
+            if after.startswith("| ---"):
+                head = cells
+            elif line.startswith("| ") and head and not line.startswith("| ---"):
+                for column, cell in zip(head[1:], cells[1:]):
+                    number = re.match(r"-?[\d,]*\.?\d+", cell)
+                    key = f"results.{path.stem}.{cells[0]}.{column}"
+                    if number and key not in values:
+                        values[key] = float(number[0].replace(",", ""))
+            else:
+                head = None if not line.startswith("|") else head
     return values
 
 
@@ -115,7 +137,7 @@ def check(root: Path, write: bool = False) -> list[str]:
             number, key = match["number"], match["key"]
             line = text.count("\n", 0, match.start()) + 1
             if key not in values:
-                problems.append(f"{path.relative_to(root)}:{line}: {key} is no known source; keys: {', '.join(values)}")
+                problems.append(f"{path.relative_to(root)}:{line}: {key} is no known source (see this script's header)")
                 return match[0]
             if number != quoted(number, values[key]):
                 problems.append(
