@@ -14,9 +14,13 @@ from finetune_lab.models import model_config
 QLORA_MODEL = "tinyllama-1.1b-chat"
 
 
-def _say(correct: bool, what: str) -> bool:
+VERDICTS: list[bool] = []  # every check's verdict in this process, for the script twin's exit status
+
+
+def _say(correct: bool, what: str) -> None:
+    """Print the verdict (returning nothing, so a notebook cell shows the sentence alone)."""
+    VERDICTS.append(correct)
     print(("correct: " if correct else "not yet: ") + what)
-    return correct
 
 
 def qlora_weights_gb_expected() -> float:
@@ -25,7 +29,7 @@ def qlora_weights_gb_expected() -> float:
     return (shape.quantizable * NF4_BYTES + (shape.params - shape.quantizable) * 2) / 1e9
 
 
-def check_qlora_weights_gb(answer) -> bool:
+def check_qlora_weights_gb(answer) -> None:
     """Exercise 1 (easy): the GB (1e9 bytes) of TinyLlama-1.1B's weights in QLoRA, within 1%."""
     if answer is None:
         return _say(False, "set qlora_weights_gb to your number of GB")
@@ -48,7 +52,7 @@ def labels_expected(tokenizer, prompt: list[dict], answer: str) -> tuple[list[in
     return ids, [-100] * len(asked) + ids[len(asked) :]
 
 
-def check_labels(labels_for, tokenizer) -> bool:
+def check_labels(labels_for, tokenizer) -> None:
     """Exercise 2 (medium): labels_for(tokenizer, prompt, answer) -> (ids, labels), on an example of its own."""
     prompt = [{"role": "system", "content": "Answer with code only."}, {"role": "user", "content": "Water bed 4."}]
     answer = "garden.water(bed=4, liters=2)"
@@ -69,7 +73,7 @@ def check_labels(labels_for, tokenizer) -> bool:
     return _say(True, f"{len(learned)} of {len(want)} tokens learned: {tokenizer.decode(ids[want_learned[0] :])!r}")
 
 
-def check_lora_forward(lora_forward) -> bool:
+def check_lora_forward(lora_forward) -> None:
     """Exercise 3 (hard): lora_forward(x, W, A, B, alpha, r) against PEFT's LoRA layer with the same W, A and B."""
     from peft.tuners.lora import Linear as PeftLoraLinear
 
@@ -108,9 +112,7 @@ if __name__ == "__main__":
     from finetune_lab.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED))
-    passed = [
-        check_qlora_weights_gb(qlora_weights_gb_expected()),
-        check_labels(labels_expected, tokenizer),
-        check_lora_forward(lora_forward_solution),
-    ]
-    raise SystemExit(0 if all(passed) else 1)
+    check_qlora_weights_gb(qlora_weights_gb_expected())
+    check_labels(labels_expected, tokenizer)
+    check_lora_forward(lora_forward_solution)
+    raise SystemExit(0 if all(VERDICTS) else 1)

@@ -27,27 +27,32 @@ def test_the_script_twin_passes_the_reference_solutions():
 
 def test_qlora_memory_names_the_usual_mistakes(capsys):
     assert 0.7 < qlora_weights_gb_expected() < 0.8  # TinyLlama-1.1B: ~0.76 GB, not "about 0.6"
-    assert not check_qlora_weights_gb(None)
-    assert not check_qlora_weights_gb(2.2)  # the 16-bit model
-    out = capsys.readouterr().out
-    assert "set qlora_weights_gb" in out and "is the 16-bit model" in out
+    check_qlora_weights_gb(None)
+    check_qlora_weights_gb(2.2)  # the 16-bit model
+    check_qlora_weights_gb(qlora_weights_gb_expected())
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("not yet: set qlora_weights_gb") and "is the 16-bit model" in out[1]
+    assert out[2].startswith("correct: 0.762 GB")
 
 
 def test_the_label_mask_check_names_a_mask_that_learns_the_prompt(capsys):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED))
-    assert check_labels(labels_expected, tokenizer)
+    check_labels(labels_expected, tokenizer)
 
     def learns_everything(tokenizer, prompt, answer):
         ids, _ = labels_expected(tokenizer, prompt, answer)
         return ids, ids
 
-    assert not check_labels(learns_everything, tokenizer)
-    assert "are learned, but the answer turn starts at" in capsys.readouterr().out
+    check_labels(learns_everything, tokenizer)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("correct: ") and out[1].startswith("not yet: ")
+    assert "are learned, but the answer turn starts at" in out[1]
 
 
 def test_the_lora_check_tells_a_missing_scale_from_a_missing_update(capsys):
-    assert not check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T)
-    assert not check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T + (x @ A.T) @ B.T)
-    assert not check_lora_forward(lambda x, W, A, B, alpha, r: torch.zeros(1))
-    out = capsys.readouterr().out
-    assert "the base layer alone" in out and "not scaled" in out and "shape" in out
+    check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T)
+    check_lora_forward(lambda x, W, A, B, alpha, r: x @ W.T + (x @ A.T) @ B.T)
+    check_lora_forward(lambda x, W, A, B, alpha, r: torch.zeros(1))
+    out = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("not yet: ") for line in out)
+    assert "the base layer alone" in out[0] and "not scaled" in out[1] and "shape" in out[2]
