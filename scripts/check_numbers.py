@@ -72,7 +72,7 @@ def printed(root: Path, notebook: str) -> str:
 
 @functools.cache
 def sources(root: Path) -> dict[str, float]:
-    """Every key a text may quote, with its value and, for the message, the file it comes from."""
+    """Every key a text may quote, with its value."""
     values = {}
     ranks = next(t for t in displayed_tables(root, "train_model.ipynb") if t and "trainable_params" in t[0])
     for row in ranks:
@@ -85,15 +85,14 @@ def sources(root: Path) -> dict[str, float]:
     for row in scores:
         for column in ("accuracy", "hallucination_rate"):
             values[f"eval.{row['model']}.{row['split']}.{column}"] = float(row[column])
-    from finetune_lab.config import ALL_LINEAR
-    from finetune_lab.memory import NF4_BYTES, shape_of
+    from finetune_lab.config import ALL_LINEAR, quick_config
+    from finetune_lab.memory import MB, estimate, shape_of
     from finetune_lab.models import model_config
 
     tiny = shape_of(model_config("tinyllama-1.1b-chat"), ALL_LINEAR)
-    values["memory.tinyllama.16bit_gb"] = tiny.params * 2 / 1e9
-    values["memory.tinyllama.qlora_base_gb"] = (
-        tiny.quantizable * NF4_BYTES + (tiny.params - tiny.quantizable) * 2
-    ) / 1e9
+    for key, method in (("16bit_gb", "lora"), ("qlora_base_gb", "qlora")):  # the preflight's arithmetic
+        cfg = quick_config(model="tinyllama-1.1b-chat", method=method)
+        values[f"memory.tinyllama.{key}"] = estimate(tiny, cfg, "bfloat16", False).weights_mb * MB / 1e9
     return {**values, **results_tables(root)}
 
 
@@ -106,14 +105,14 @@ def results_tables(root: Path) -> dict[str, float]:
             cells = [c.strip().replace(" ", "_") for c in line.strip().strip("|").split("|")]
             if after.startswith("| ---"):
                 head = cells
-            elif line.startswith("| ") and head and not line.startswith("| ---"):
+            elif not line.startswith("|"):
+                head = None
+            elif head and not line.startswith("| ---"):
                 for column, cell in zip(head[1:], cells[1:]):
                     number = re.match(r"-?[\d,]*\.?\d+", cell)
                     key = f"results.{path.stem}.{cells[0]}.{column}"
                     if number and key not in values:
                         values[key] = float(number[0].replace(",", ""))
-            else:
-                head = None if not line.startswith("|") else head
     return values
 
 
@@ -127,9 +126,10 @@ def quoted(number: str, value: float) -> str:
     return f"{value:{',' if ',' in number else ''}.{decimals}f}"
 
 
-def check(root: Path, write: bool = False) -> list[str]:
-    """One line per quoted number that its source contradicts (or that names no source); with write, fix them."""
-    values, problems = sources(root), []
+def check(root: Path, write: bool = False) -> tuple[int, list[str]]:
+    """How many numbers are quoted, and one line per quoted number that its source contradicts (or that names no
+    source); with write, fix them."""
+    values, problems, marked = sources(root), [], 0
     for path in texts(root):
         text = path.read_text()
 
@@ -147,10 +147,11 @@ def check(root: Path, write: bool = False) -> list[str]:
                 return match[0].replace(number, quoted(number, values[key]), 1)
             return match[0]
 
-        new = MARKED.sub(compare, text)
+        new, found = MARKED.subn(compare, text)
+        marked += found
         if write and new != text:
             path.write_text(new)
-    return problems
+    return marked, problems
 
 
 def main(argv=None) -> int:
@@ -158,10 +159,9 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true", help="rewrite the quoted numbers from their sources")
     parser.add_argument("--root", type=Path, default=REPO, help="the repository to check (default: this one)")
     args = parser.parse_args(argv)
-    problems = check(args.root, args.write)
+    marked, problems = check(args.root, args.write)
     for problem in problems:
         print(problem, file=sys.stderr)
-    marked = sum(len(MARKED.findall(p.read_text())) for p in texts(args.root))
     print(f"{marked} quoted numbers, {len(problems)} {'rewritten' if args.write else 'contradicted'} by their sources")
     return 1 if problems and not args.write else 0
 

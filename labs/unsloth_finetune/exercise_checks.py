@@ -5,10 +5,12 @@ Who it is for: students working through exercises.ipynb (and solutions.ipynb, wh
 of that notebook: `python labs/unsloth_finetune/exercise_checks.py` checks the reference solutions below.
 """
 
+import functools
+
 import torch
 
-from finetune_lab.config import ALL_LINEAR
-from finetune_lab.memory import NF4_BYTES, shape_of
+from finetune_lab.config import ALL_LINEAR, quick_config
+from finetune_lab.memory import MB, NF4_BYTES, estimate, shape_of
 from finetune_lab.models import model_config
 
 QLORA_MODEL = "tinyllama-1.1b-chat"
@@ -23,23 +25,28 @@ def _say(correct: bool, what: str) -> None:
     print(("correct: " if correct else "not yet: ") + what)
 
 
-def qlora_weights_gb_expected() -> float:
-    """QLoRA's frozen base for TinyLlama-1.1B: NF4 in the blocks' linear layers, 16 bits for everything else."""
-    shape = shape_of(model_config(QLORA_MODEL), ALL_LINEAR)
-    return (shape.quantizable * NF4_BYTES + (shape.params - shape.quantizable) * 2) / 1e9
+@functools.cache
+def _tinyllama():
+    return shape_of(model_config(QLORA_MODEL), ALL_LINEAR)  # counted on the meta device: no download, no memory
+
+
+def weights_gb(method: str) -> float:
+    """TinyLlama-1.1B's frozen weights in GB under `method` ("lora": 16-bit, "qlora": NF4 blocks, the rest 16-bit),
+    as the preflight's estimate counts them."""
+    cfg = quick_config(model=QLORA_MODEL, method=method)
+    return estimate(_tinyllama(), cfg, "bfloat16", gradient_checkpointing=False).weights_mb * MB / 1e9
 
 
 def check_qlora_weights_gb(answer) -> None:
     """Exercise 1 (easy): the GB (1e9 bytes) of TinyLlama-1.1B's weights in QLoRA, within 1%."""
     if answer is None:
         return _say(False, "set qlora_weights_gb to your number of GB")
-    expected = qlora_weights_gb_expected()
+    expected = weights_gb("qlora")
     if abs(answer - expected) <= 0.01 * expected:
         return _say(True, f"{answer:.3f} GB: NF4 blocks plus 16-bit embeddings, norms and head")
-    shape = shape_of(model_config(QLORA_MODEL), ALL_LINEAR)
-    if abs(answer - shape.params * NF4_BYTES / 1e9) <= 0.01 * expected:
+    if abs(answer - _tinyllama().params * NF4_BYTES / 1e9) <= 0.01 * expected:
         return _say(False, f"{answer:.3f} GB counts every parameter in NF4; embeddings, norms and head stay 16-bit")
-    if abs(answer - shape.params * 2 / 1e9) <= 0.01 * expected:
+    if abs(answer - weights_gb("lora")) <= 0.01 * expected:
         return _say(False, f"{answer:.3f} GB is the 16-bit model (LoRA's base); QLoRA stores the blocks in NF4")
     return _say(False, f"{answer:.3f} GB; count quantizable weights x NF4_BYTES + the other parameters x 2 bytes")
 
@@ -112,7 +119,7 @@ if __name__ == "__main__":
     from finetune_lab.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED))
-    check_qlora_weights_gb(qlora_weights_gb_expected())
+    check_qlora_weights_gb(weights_gb("qlora"))
     check_labels(labels_expected, tokenizer)
     check_lora_forward(lora_forward_solution)
     raise SystemExit(0 if all(VERDICTS) else 1)
