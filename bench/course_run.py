@@ -294,15 +294,16 @@ def crossover_table(rows: list[dict]) -> str:
     out = [
         f"The compile costs {cost:.1f} s once (the course run outside its training steps, compile on vs off).",
         "",
-        "| batch x seq | step ms, compile off | step ms, compile on | saved a step (ms) | steps to repay the compile |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| batch x seq | step ms, compile off | step ms, compile on | saved a step (ms) | compile once (s) "
+        "| steps to repay it |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (mode, b, s), off in step_ms.items():
         on = step_ms.get(("unsloth-compile", b, s))
         if mode == "unsloth-nocompile" and on:
             saved = off - on
             repay = f"{cost / (saved / 1000):,.0f}" if saved > 0 else "never"
-            out.append(f"| {b} x {s} | {off:.1f} | {on:.1f} | {saved:.1f} | {repay} |")
+            out.append(f"| {b} x {s} | {off:.1f} | {on:.1f} | {saved:.1f} | {cost:.1f} | {repay} |")
     return "\n".join(out)
 
 
