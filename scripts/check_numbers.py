@@ -117,13 +117,26 @@ def sources(root: Path) -> dict[str, float]:
         for column in ("accuracy", "hallucination_rate", "exact_match", "token_f1", "rouge_l", "parses"):
             values[f"eval.{row['model']}.{row['split']}.{column}"] = float(row[column])
     from finetune_lab.config import ALL_LINEAR, quick_config
-    from finetune_lab.memory import MB, estimate, shape_of
+    from finetune_lab.memory import MB, MemoryEstimate, estimate, shape_of
     from finetune_lab.models import model_config
 
-    tiny = shape_of(model_config("tinyllama-1.1b-chat"), ALL_LINEAR)
-    for key, method in (("16bit_gb", "lora"), ("qlora_base_gb", "qlora")):  # the preflight's arithmetic
-        cfg = quick_config(model="tinyllama-1.1b-chat", method=method)
-        values[f"memory.tinyllama.{key}"] = estimate(tiny, cfg, "bfloat16", False).weights_mb * MB / 1e9
+    for short, model in (("smollm2", "smollm2-135m"), ("tinyllama", "tinyllama-1.1b-chat")):  # the preflight's sums
+        shape = shape_of(model_config(model), ALL_LINEAR)
+
+        def sized(method: str, dtype: str) -> MemoryEstimate:
+            return estimate(shape, quick_config(model=model, method=method), dtype, False)
+
+        lora, full = sized("lora", "bfloat16"), sized("full", "float16")
+        keys = {
+            "16bit_gb": lora.weights_mb * MB / 1e9,
+            "fp32_gb": sized("lora", "float32").weights_mb * MB / 1e9,
+            "qlora_base_gb": sized("qlora", "bfloat16").weights_mb * MB / 1e9,
+            "lora_state_gb": lora.training_state_mb * MB / 1e9,
+            "lora_params_m": lora.trainable_params / 1e6,
+            "lora_pct": 100 * lora.trainable_params / shape.params,
+            "full_fp16_gb": (full.weights_mb + full.training_state_mb) * MB / 1e9,
+        }
+        values.update({f"memory.{short}.{key}": value for key, value in keys.items()})
     return {**values, **results_tables(root)}
 
 
