@@ -175,12 +175,11 @@ def quoted(number: str, value: float) -> str:
 def excerpt(source: str, body: str) -> str | None:
     """The stretch of `source` that `body` quotes, with the source's numbers: from the body's first line to the first
     line, at least the body's length further on, that begins as the body's last one does (up to its first digit)."""
-    lines, (first, *middle, last) = source.splitlines(), body.splitlines()
-    if first not in lines:
+    lines, quoted_lines = source.splitlines(), body.splitlines()
+    if quoted_lines[0] not in lines:
         return None
-    start = lines.index(first)
-    later = range(start + len(middle) + 1 if middle else start, len(lines))
-    end = next((i for i in later if lines[i].startswith(re.match(r"\D*", last)[0])), None)
+    start, stem = lines.index(quoted_lines[0]), re.match(r"\D*", quoted_lines[-1])[0]
+    end = next((i for i in range(start + len(quoted_lines) - 1, len(lines)) if lines[i].startswith(stem)), None)
     return None if end is None else "\n".join(lines[start : end + 1])
 
 
