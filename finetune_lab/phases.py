@@ -1,6 +1,5 @@
 """Where a run's wall time goes: named phases (imports, loading, generation, training, saving), as the CLI's summary,
-the notebook and bench/course_run.py print them, so a student sees what is training and what is not. No torch import.
-"""
+the notebook and bench/course_run.py print them, so a student sees what trains and what does not. No torch import."""
 
 import time
 from contextlib import contextmanager

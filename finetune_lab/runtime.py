@@ -1,8 +1,7 @@
 """The runtime state of a lab process, read once here and passed on: which data-parallel process this is, quick
 mode, the cache folder, hub access, the GPU (if any) and the one dtype decision (`choose_dtype`: fp16 on a Colab T4,
 bf16 on Ampere or newer, fp32 on a CPU). No other module reads WORLD_SIZE, RANK, LOCAL_RANK, FINETUNE_LAB_QUICK,
-FINETUNE_LAB_CACHE, HF_HUB_OFFLINE, UNSLOTH_COMPILE_DISABLE or asks torch for a GPU.
-"""
+FINETUNE_LAB_CACHE, HF_HUB_OFFLINE, UNSLOTH_COMPILE_DISABLE or asks torch for a GPU."""
 
 import functools
 import os

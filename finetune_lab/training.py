@@ -142,6 +142,9 @@ def trainer_class():
             for written in staging.iterdir():
                 publish(written, final_root / written.name)
             staging.rmdir()
+            best = self.state.best_model_checkpoint  # named where it was written, so load_best_model_at_end missed it
+            if best and ".partial-" in Path(best).parent.name:
+                self.state.best_model_checkpoint = str(final_root / Path(best).name)
             rotate_checkpoints(
                 output_dir=str(final_root),
                 save_total_limit=self.args.save_total_limit,

@@ -3,6 +3,7 @@ EOS, padding-free and packed batches, determinism, Ctrl-C and --resume."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import train_tiny_model as lab
@@ -254,6 +255,9 @@ def test_early_stopping_uses_transformers_callback_and_goes_back_to_the_best_epo
     args = trainer.args
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
     assert args.eval_strategy == args.save_strategy == "epoch"
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)  # where the trainer reloads the best epoch from at the end
+    assert best.parent == tmp_path / "early.resume" and (best / "adapter_model.safetensors").is_file()
     with pytest.raises(ConfigError, match="need held-out data"):
         lab.training_args(cfg.replace(early_stopping_patience=0, keep_best=True), choice, tmp_path / "x", False)
 
