@@ -75,7 +75,7 @@ def table(results: Path) -> str:
         f"{timings[0]['machine']}, the embedded SmolLM2-135M in fp32, the default run (LoRA r=16, 50 examples, 8",
         "epochs of batch 8). Each step in its own process; wall time from start to exit, peak RSS of that process.",
         f"`python bench/cpu_lab.py run {results}`; this page: `python bench/cpu_lab.py table {results}`.",
-        "This machine's speed varies from day to day by up to 3x with the same losses, so compare runs made together.",
+        "This machine's speed varies from day to day with the same losses, so compare runs made together.",
         "",
         "| step | what it runs | wall s | peak RSS GB |",
         "| --- | --- | ---: | ---: |",
