@@ -48,11 +48,10 @@ def timed(argv: list[str]) -> dict:
 
 
 def run(results: Path, run_name: str) -> None:
-    if (REPO / "checkpoints" / run_name).exists():
-        sys.exit(f"checkpoints/{run_name} exists: remove it or pass another --run_name")
+    """The three steps in order; the lab itself refuses a run folder that already exists."""
+    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
     for step, (what, argv) in steps(run_name).items():
-        row = {"step": step, "what": what, "argv": argv, **timed(argv)}
-        row["machine"] = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+        row = {"step": step, "what": what, "argv": argv, **timed(argv), "machine": machine}
         print(f"{step}: {row['wall_s']} s, {row['peak_rss_gb']:.1f} GB peak RSS", flush=True)
         with results.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -58,11 +58,15 @@ class _Tables(HTMLParser):
             self._cell = None
 
 
+@functools.cache
+def executed_cells(root: Path, notebook: str) -> list[dict]:
+    return json.loads((root / EXECUTED / notebook).read_text())["cells"]
+
+
 def displayed_tables(root: Path, notebook: str) -> list[list[dict]]:
     """Each DataFrame an executed notebook displayed, as a list of {column: cell} rows (the index column is '')."""
-    cells = json.loads((root / EXECUTED / notebook).read_text())["cells"]
     tables = []
-    for out in (o for c in cells if c["cell_type"] == "code" for o in c["outputs"]):
+    for out in (o for c in executed_cells(root, notebook) if c["cell_type"] == "code" for o in c["outputs"]):
         page = "".join(out.get("data", {}).get("text/html", []))
         if "<table" in page:
             parser = _Tables()
@@ -73,7 +77,7 @@ def displayed_tables(root: Path, notebook: str) -> list[list[dict]]:
 
 
 def printed(root: Path, notebook: str) -> str:
-    cells = json.loads((root / EXECUTED / notebook).read_text())["cells"]
+    cells = executed_cells(root, notebook)
     return "".join(t for c in cells if c["cell_type"] == "code" for o in c["outputs"] for t in o.get("text", []))
 
 
@@ -81,7 +85,7 @@ def minutes(root: Path, notebook: str) -> dict[str, float]:
     """How long an executed copy ran, in minutes: in all, and per numbered section (`## 11.` -> minutes.NAME.11),
     from the times the kernel stamped on each code cell."""
     stem, section, spans = Path(notebook).stem, "0", {}
-    for cell in json.loads((root / EXECUTED / notebook).read_text())["cells"]:
+    for cell in executed_cells(root, notebook):
         heading = re.match(r"## (\d+)\.", "".join(cell["source"])) if cell["cell_type"] == "markdown" else None
         section = heading[1] if heading else section
         if stamps := cell.get("metadata", {}).get("execution"):
